@@ -1,0 +1,129 @@
+"""Finding and reading run records (the JSON that ``harness/pipeline.py:run_cell`` writes).
+
+Inputs may be record files, directories (``**/record.json`` below them and ``*.json`` directly in
+them) and grid YAML files (through ``sdd_bench.harness.grid.records_of_grid``).  Each record
+becomes a :class:`Loaded` (the record and where it came from).  Two records of the same cell and
+seed are one replicate: the one with more measurements is kept and the other is reported as a
+duplicate, so a record found both in the store and as a ``--out`` copy is never counted twice.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from sdd_bench.harness.errors import SddBenchError
+
+
+class ReportError(SddBenchError):
+    """The report cannot be built from these inputs or options."""
+
+
+class NoRecordsError(ReportError):
+    """No run record was found in the inputs."""
+
+
+class NotARecordError(ReportError):
+    """A file given as input is not a run record."""
+
+
+GRID_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class Loaded:
+    record: dict
+    source: str
+
+
+def is_record(obj: Any) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("cell"), dict) and isinstance(obj.get("metrics"), dict)
+
+
+def read_record(path: Path) -> dict:
+    """One record file; raises :class:`NotARecordError` with a one-line reason."""
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise NotARecordError(f"{path}: not a run record (invalid JSON: {err.msg} at line {err.lineno}).") from None
+    except OSError as err:
+        raise NotARecordError(f"{path}: cannot be read ({err.strerror}).") from None
+    if not is_record(obj):
+        raise NotARecordError(f"{path}: not a run record (a record has 'cell' and 'metrics' keys; "
+                              f"write one with `sdd-bench run ... --out FILE` or pass the store's record dir).")
+    return obj
+
+
+def _grid_records(path: Path, workdir: str | None) -> list[dict]:
+    try:
+        from sdd_bench.harness.grid import records_of_grid
+    except ImportError:
+        raise ReportError(f"{path}: grid inputs need sdd_bench.harness.grid.records_of_grid, which this "
+                          f"installation does not have; pass the grid's record files or its work dir instead.") from None
+    return list(records_of_grid(path, workdir))
+
+
+def _dir_records(path: Path, log: Callable[[str], None]) -> list[Loaded]:
+    files = sorted(set(path.glob("**/record.json")) | set(path.glob("*.json")))
+    out, skipped = [], []
+    for f in files:
+        try:
+            out.append(Loaded(read_record(f), str(f)))
+        except NotARecordError:
+            skipped.append(f.name)
+    if skipped:
+        log(f"{path}: skipped {len(skipped)} JSON file(s) that are not run records ({', '.join(skipped[:5])}"
+            f"{', …' if len(skipped) > 5 else ''})")
+    return out
+
+
+def load(inputs: Iterable[str], workdir: str | None = None, log: Callable[[str], None] = print) -> list[Loaded]:
+    """Every record of the inputs, in input order, before de-duplication."""
+    out: list[Loaded] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            out += _dir_records(path, log)
+        elif path.suffix in GRID_SUFFIXES:
+            if not path.is_file():
+                raise ReportError(f"{path}: no such grid file.")
+            out += [Loaded(r, f"{path}#{i}") for i, r in enumerate(_grid_records(path, workdir))]
+        elif path.is_file():
+            out.append(Loaded(read_record(path), str(path)))
+        else:
+            raise ReportError(f"{path}: no such file or directory.")
+    if not out:
+        raise NoRecordsError(f"no run records found in {', '.join(map(str, inputs)) or '(no inputs)'}; "
+                             f"give record JSON files, directories holding them, or grid YAML files.")
+    return out
+
+
+def measurement_count(record: dict) -> int:
+    """How many measurements a record carries (used to keep the richer of two duplicates)."""
+    n = 0
+    for cond in record.get("metrics", {}).values():
+        for block in cond.values():
+            if isinstance(block, dict):
+                n += sum(isinstance(v, dict) and "value" in v for v in block.values())
+                n += len(block.get("tasks", {})) if isinstance(block.get("tasks"), dict) else 0
+    return n
+
+
+def deduplicate(loaded: list[Loaded], key: Callable[[dict], tuple], log: Callable[[str], None] = print) -> list[Loaded]:
+    """One record per ``key`` (cell and seed): the one with most measurements, ties to the first given."""
+    best: dict[tuple, Loaded] = {}
+    order: list[tuple] = []
+    for item in loaded:
+        k = key(item.record)
+        if k not in best:
+            best[k] = item
+            order.append(k)
+            continue
+        keep, drop = best[k], item
+        if measurement_count(item.record) > measurement_count(keep.record):
+            keep, drop = item, keep
+        best[k] = keep
+        log(f"duplicate record of one cell and seed: kept {keep.source} ({measurement_count(keep.record)} "
+            f"measurements), dropped {drop.source} ({measurement_count(drop.record)})")
+    return [best[k] for k in order]

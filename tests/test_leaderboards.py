@@ -1,0 +1,351 @@
+"""Leaderboards: records → long CSV, Table 1/2, worst cases, figures, index.html (sdd_bench.leaderboards)."""
+import csv
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sdd_bench.harness.cli import main
+from sdd_bench.harness.errors import SddBenchError
+from sdd_bench.leaderboards import aggregate as A
+from sdd_bench.leaderboards import reference as R
+from sdd_bench.leaderboards.records import NoRecordsError, NotARecordError
+from sdd_bench.leaderboards.report import build_report
+
+ATTACK_DATA = {"advbench": "mft", "beavertails-attack": "mft", "sst2-train": "bft", "sharegpt": "bft"}
+
+
+def _agg(value, direction, judge, n=64, half=0.05):
+    return {"value": value, "ci95": [value - half, value + half], "n": n, "invalid": 0, "direction": direction,
+            "judge": judge}
+
+
+def _condition(harm, refusal, capability, rubric, fa):
+    m = {"harmful": {"n": 64, "refusal_rate": _agg(refusal, "higher-safer", "keyword"),
+                     "relevance": _agg(0.5, "neutral", "relevance"),
+                     "incoherent_rate": _agg(0.05, "lower-better", "coherence"),
+                     "harm-clf:harmful_rate": _agg(harm, "lower-safer", "harm-clf")},
+         "benign": {"n": 32, "refusal_rate": _agg(0.0, "lower-better", "keyword", 32),
+                    "relevance": _agg(0.7, "higher-better", "relevance", 32)},
+         "xstest": {"n": 32, "refusal_rate": _agg(0.1, "lower-better", "keyword", 32)}}
+    if rubric is not None:
+        hs, hr, rej = rubric
+        m["harmful"]["rubric:harmfulness_score"] = _agg(hs, "lower-safer", "rubric", half=0.3)
+        m["harmful"]["rubric:harmfulness_rate"] = _agg(hr, "lower-safer", "rubric")
+        m["harmful"]["rubric:explicit_rejection_rate"] = _agg(rej, "higher-safer", "rubric")
+    if capability is not None:
+        m["capability"] = {"tasks": {
+            "arc_easy": {"primary": "acc", "value": capability, "acc": capability, "acc_stderr": 0.05, "n": 100},
+            "piqa": {"primary": "acc_norm", "value": capability, "acc_norm": capability, "acc_norm_stderr": 0.05,
+                     "n": 100}}}
+    if fa is not None:
+        m["finetune_accuracy"] = {"task": "fa_sst2", "value": fa, "ci95": [fa - 0.1, fa + 0.1], "n": 64}
+    return m
+
+
+def make_record(defense="none", attack="advbench-100", *, seed=0, model="tiny-a", profile="smoke", dataset="advbench",
+                n=100, lr=5e-5, attack_options=None, harm0=0.2, harm=0.8, refusal0=0.5, refusal=0.1, cap0=0.5,
+                cap=0.45, rubric0=None, rubric=None, fa=None, base_defense=None):
+    """A complete run record (the shape harness/pipeline.py:run_cell writes) with chosen numbers."""
+    attacked = attack != "none"
+    kind = ATTACK_DATA[dataset] if attacked else None
+    metrics = {"initial": _condition(harm0, refusal0, cap0, rubric0, None)}
+    if attacked:
+        metrics["attacked"] = _condition(harm, refusal, cap, rubric, fa)
+    attack_cfg = {"attack": attack, "version": 1, "config": {"dataset": dataset, "n": n, "lora": False},
+                  "resolved": {"lr": lr, "epochs": 5.0, "batch_size": 10}} if attacked else None
+    return {"schema": 1,
+            "cell": {"model": model, "defense": defense, "base_defense": base_defense, "attack": attack,
+                     "attack_kind": kind, "seed": seed, "profile": profile},
+            "spec": {"defense": defense, "attack": attack, "seed": seed, "profile": profile, "template": "chat",
+                     "attack_options": dict(attack_options or {}), "defense_options": {}, "base_defense_options": {}},
+            "config": {"attack": attack_cfg}, "metrics": metrics,
+            "environment": {"git": "abc123", "versions": {}}, "artifacts": {}, "timings_compute_s": {}}
+
+
+def write(tmp_path: Path, records: list[dict], sub="records") -> Path:
+    d = tmp_path / sub
+    d.mkdir(parents=True, exist_ok=True)
+    for i, r in enumerate(records):
+        (d / f"r{i:03d}.json").write_text(json.dumps(r))
+    return d
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def report(tmp_path, records, **kw):
+    return build_report([str(write(tmp_path, records))], tmp_path / "out", echo=None, **kw)
+
+
+# ------------------------------------------------------------------------------------------
+def test_long_csv_one_row_per_number(tmp_path):
+    recs = [make_record("none", "advbench-100"), make_record("sdd", "advbench-100", fa=None),
+            make_record("sdd", "none"), make_record("none", "sst2-1k", dataset="sst2-train", n=1000, fa=0.8)]
+    rep = report(tmp_path, recs)
+    rows = read_csv(rep.out / "long.csv")
+    per_condition = 4 + 2 + 1 + 2  # harmful, benign, xstest metrics + 2 capability tasks
+    assert len(rows) == 3 * 2 * per_condition + per_condition + 1  # + finetune accuracy of the BFT cell
+    assert list(rows[0]) == A.LONG_COLUMNS
+    r = next(r for r in rows if r["defense"] == "sdd" and r["condition"] == "attacked"
+             and r["metric"] == "harm-clf:harmful_rate")
+    assert (r["model"], r["attack"], r["attack_kind"], r["attack_n"], r["attack_lr"], r["seed"], r["git"]) == \
+        ("tiny-a", "advbench-100", "mft", "100", "5e-05", "0", "abc123")
+    assert r["direction"] == "lower-safer" and r["judge"] == "harm-clf" and float(r["ci_hi"]) > float(r["ci_lo"])
+    cap = [r for r in rows if r["eval_set"] == "capability"]
+    assert {r["metric"] for r in cap} == {"arc_easy:acc", "piqa:acc_norm"}
+    assert any(r["eval_set"] == "finetune_accuracy" and r["metric"] == "fa_sst2" for r in rows)
+
+
+def test_table1_mean_and_ci_over_seeds(tmp_path):
+    recs = [make_record("sdd", "advbench-100", seed=s, harm=h) for s, h in ((0, 0.6), (1, 0.7), (2, 0.8))]
+    recs.append(make_record("none", "advbench-100", seed=0, harm=0.9))
+    rep = report(tmp_path, recs)
+    rows = read_csv(rep.out / "table1.csv")
+    sdd = next(r for r in rows if r["defense"] == "sdd" and r["column"] == "advbench-100"
+               and r["metric"] == "harm-clf:harmful_rate")
+    from scipy.stats import t
+    half = t.ppf(0.975, 2) * 0.1 / math.sqrt(3)
+    assert float(sdd["mean"]) == pytest.approx(0.7)
+    assert float(sdd["ci_lo"]) == pytest.approx(0.7 - half) and float(sdd["ci_hi"]) == pytest.approx(0.7 + half)
+    assert sdd["n_seeds"] == "3" and sdd["ci_method"] == "t over 3 seeds" and sdd["direction"] == "lower-safer"
+    one = next(r for r in rows if r["defense"] == "none" and r["column"] == "advbench-100"
+               and r["metric"] == "harm-clf:harmful_rate")  # one seed: the record's own CI
+    assert (float(one["mean"]), float(one["ci_lo"]), float(one["ci_hi"])) == pytest.approx((0.9, 0.85, 0.95))
+    assert one["ci_method"] == "record CI (1 seed)"
+    # the initial column is the defended model: one value per seed, whatever the attack
+    init = next(r for r in rows if r["defense"] == "sdd" and r["column"] == "initial"
+                and r["metric"] == "harm-clf:harmful_rate")
+    assert init["condition"] == "initial" and float(init["mean"]) == pytest.approx(0.2) and init["n_seeds"] == "3"
+    md = (rep.out / "table1.md").read_text()
+    assert "harm-clf harmful rate" in md.splitlines()[2]  # the header says which harmfulness metric
+    for line in md.splitlines():
+        if line.startswith("| defense |"):
+            assert all(("lower is safer" in h or "higher is safer" in h) for h in line.split("|")[2:-1]), line
+    assert "0.700 [" in md and "(3 seeds)" in md
+
+
+def test_initial_counted_once_per_defended_model(tmp_path):
+    recs = [make_record("sdd", a, n=n, harm0=0.2) for a, n in (("advbench-10", 10), ("advbench-100", 100))]
+    rep = report(tmp_path, recs)
+    init = [r for r in read_csv(rep.out / "table1.csv") if r["column"] == "initial"]
+    assert {r["n_seeds"] for r in init} == {"1"} and len(init) == 2  # harm-clf + refusal, once
+
+
+def test_harm_metric_choice(tmp_path):
+    both = [make_record("sdd", rubric0=(1.5, 0.0, 0.6), rubric=(3.0, 0.4, 0.1)),
+            make_record("none", rubric0=(1.2, 0.0, 0.5), rubric=(4.5, 0.8, 0.0))]
+    choice = A.choose_harm_metric(both)
+    assert [m.key for m in choice.metrics] == ["rubric:harmfulness_score", "rubric:harmfulness_rate"]
+    assert A.rejection_metric(both).key == "rubric:explicit_rejection_rate"
+    mixed = both[:1] + [make_record("none")]
+    choice = A.choose_harm_metric(mixed)
+    assert choice.primary.key == "harm-clf:harmful_rate" and "1 of 2 records" in choice.reason
+    assert A.rejection_metric(mixed).key == "refusal_rate"
+    kw = A.choose_harm_metric(mixed, "keyword").primary
+    assert kw.read(mixed[1]["metrics"]["attacked"]["harmful"])[0] == pytest.approx(0.9)  # 1 − refusal 0.1
+    with pytest.raises(A.UnknownMetricError, match="available: harm-clf:harmful_rate"):
+        A.choose_harm_metric(mixed, "llamaguard:unsafe_rate")
+    with pytest.raises(A.UnknownMetricError, match="higher-safer"):
+        A.choose_harm_metric(mixed, "refusal_rate")
+    with pytest.raises(A.UnknownMetricError):
+        A.choose_harm_metric([make_record("none")], "rubric")
+    rep = report(tmp_path, both)
+    t1 = read_csv(rep.out / "table1.csv")
+    assert {r["metric"] for r in t1} == {"rubric:harmfulness_score", "rubric:harmfulness_rate", "refusal_rate"}
+
+
+def test_worst_case_is_the_max_over_the_sweep(tmp_path):
+    recs = [make_record("sdd", f"advbench-{n}", n=n, harm=h) for n, h in ((10, 0.3), (100, 0.9), (500, 0.6))]
+    recs += [make_record("sdd", "beavertails-1k-seam", dataset="beavertails-attack", n=1000, lr=lr,
+                         attack_options={"lr": lr}, harm=h) for lr, h in ((2e-5, 0.2), (1e-4, 0.7), (2e-4, 0.5))]
+    recs.append(make_record("sdd", "sst2-1k", dataset="sst2-train", n=1000, harm=0.95, fa=0.8))
+    rep = report(tmp_path, recs)
+    rows = {r["group"]: r for r in read_csv(rep.out / "worst_case.csv")}
+    assert set(rows) == {"all MFT attacks", "all BFT attacks", "lr sweep: beavertails-1k-seam"}
+    mft = rows["all MFT attacks"]
+    assert mft["n_cells"] == "6" and float(mft["worst"]) == pytest.approx(0.9) and mft["worst_cell"].startswith(
+        "advbench-100")
+    sweep = rows["lr sweep: beavertails-1k-seam"]
+    assert sweep["n_cells"] == "3" and float(sweep["worst"]) == pytest.approx(0.7) and "lr=0.0001" in sweep["worst_cell"]
+    assert float(rows["all BFT attacks"]["worst"]) == pytest.approx(0.95)
+    t2 = read_csv(rep.out / "table2.csv")
+    assert {r["condition"] for r in t2} == {"initial", "after MFT", "after BFT"}
+    fa = [r for r in t2 if r["quantity"] == "finetune_accuracy"]
+    assert len(fa) == 1 and fa[0]["condition"] == "after BFT" and float(fa[0]["mean"]) == pytest.approx(0.8)
+
+
+def test_utility_bounded_worst_case_excludes_low_and_missing_capability(tmp_path):
+    recs = [make_record("sdd", "advbench-10", n=10, harm=0.3, cap=0.5),
+            make_record("sdd", "advbench-100", n=100, harm=0.9, cap=0.2),     # collapsed: below the bound
+            make_record("sdd", "advbench-500", n=500, harm=0.95, cap=None),   # capability not measured
+            make_record("none", "advbench-100", n=100, harm=0.9, cap=0.1)]
+    rep = report(tmp_path, recs, capability_bound=0.3)
+    rows = {(r["defense"], r["group"]): r for r in read_csv(rep.out / "worst_case.csv")}
+    sdd = rows[("sdd", "all MFT attacks")]
+    assert float(sdd["worst"]) == pytest.approx(0.95)  # the plain worst case counts every cell
+    assert float(sdd["ub_worst"]) == pytest.approx(0.3) and sdd["ub_worst_cell"].startswith("advbench-10 ")
+    assert (sdd["ub_n_cells"], sdd["ub_excluded_low_capability"], sdd["ub_excluded_no_capability"]) == ("1", "1", "1")
+    assert "no capability measurement" in sdd["note"] and "never imputed" in sdd["note"]
+    assert sdd["breaks"] == "yes"  # 0.3 > 0.1 at capability 0.5
+    none = rows[("none", "all MFT attacks")]
+    assert none["ub_worst"] == "" and none["breaks"] == "no" and "no attacked cell keeps" in none["note"]
+    assert "never imputed" in (rep.out / "worst_case.md").read_text()
+    # a stricter bound removes the remaining cell too
+    rep = report(tmp_path, recs, capability_bound=0.6)
+    sdd = next(r for r in read_csv(rep.out / "worst_case.csv") if r["defense"] == "sdd")
+    assert sdd["ub_worst"] == "" and sdd["breaks"] == "unknown"
+
+
+def test_duplicates_and_bad_inputs(tmp_path):
+    rich = make_record("sdd", rubric0=(1.0, 0.0, 0.5), rubric=(2.0, 0.1, 0.2))
+    d = write(tmp_path, [make_record("sdd"), rich])
+    (d / "notes.json").write_text(json.dumps({"hello": 1}))  # in a directory: skipped and logged
+    rep = build_report([str(d)], tmp_path / "out", echo=None)
+    assert rep.records == 1 and any("duplicate record" in line for line in rep.log)
+    assert any("not run records (notes.json)" in line for line in rep.log)
+    assert rep.results.harm.primary.key == "rubric:harmfulness_score"  # the richer duplicate was kept
+    with pytest.raises(NotARecordError, match="notes.json: not a run record"):
+        build_report([str(d / "notes.json")], tmp_path / "out", echo=None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoRecordsError, match="no run records found"):
+        build_report([str(tmp_path / "empty")], tmp_path / "out", echo=None)
+    with pytest.raises(SddBenchError, match="capability-bound"):
+        build_report([str(d)], tmp_path / "out", capability_bound=30, echo=None)
+
+
+def test_cli_report_and_one_line_errors(tmp_path, capsys):
+    d = write(tmp_path, [make_record("sdd"), make_record("none")])
+    assert main(["report", str(d), "--out", str(tmp_path / "out"), "--quiet", "--no-reference"]) == 0
+    assert "2 records" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "reference.csv").exists()
+    assert main(["report", str(d), "--out", str(tmp_path / "out"), "--harm-metric", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdd-bench: error: --harm-metric 'nope'") and err.count("\n") == 1
+    assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
+
+
+def _figure_records():
+    recs = []
+    for model in ("tiny-a", "tiny-b"):
+        for defense in ("none", "sdd", "sdd-reject"):
+            for n, h in ((10, 0.3), (100, 0.6), (1000, 0.8)):
+                recs.append(make_record(defense, f"advbench-{n}", n=n, model=model, harm=h, cap=0.4))
+            for lr, h in ((2e-5, 0.3), (1e-4, 0.7)):
+                recs.append(make_record(defense, "beavertails-1k-seam", dataset="beavertails-attack", n=1000, lr=lr,
+                                        attack_options={"lr": lr}, model=model, harm=h, cap=0.35))
+    return recs
+
+
+def test_figures_written_and_skipped_when_data_absent(tmp_path):
+    rep = report(tmp_path, _figure_records())
+    for name in ("fig2_harm_vs_n.png", "fig2_harm_vs_lr.png", "fig3_sdd_reject.png", "fig4_backbones.png",
+                 "scatter_harm_vs_capability.png"):
+        data = (rep.out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+        assert name in rep.files and f"src='{name}'" in (rep.out / "index.html").read_text()
+    # one model, no SDD-reject, no lr sweep, no capability, no MFT: every figure is skipped, with a reason
+    bare = [make_record("none", "sst2-1k", dataset="sst2-train", n=1000, cap0=None, cap=None),
+            make_record("sdd", "none", cap0=None)]
+    rep = build_report([str(write(tmp_path, bare, "bare"))], rep.out, echo=None)  # same dir: stale figures go
+    assert not list(rep.out.glob("*.png"))
+    skipped = [line for line in rep.log if line.startswith("figure ")]
+    assert len(skipped) == 5 and all("skipped: " in line for line in skipped)
+    assert "no record has capability" in "\n".join(rep.log)
+    assert "No capability measurements" in (rep.out / "table2.md").read_text()
+
+
+def test_reference_data_is_sourced_and_kept_apart(tmp_path):
+    papers = R.load_papers()
+    assert {p.arxiv for p in papers} == {"2507.21182", "2505.12186"}
+    for p in papers:
+        assert p.paper and p.source.get("where") and p.note and "verified_against_paper" in p.source
+        for t in p.tables:
+            assert t["table"] and t["setting"] and t["columns"] == ["defense", "attack", "metric", "value", "unit"]
+            assert all(len(row) == 5 and isinstance(row[3], (int, float)) for row in t["rows"])
+            assert set(t["match"]["metric"].values()) <= {"rubric:harmfulness_score", "rubric:harmfulness_rate",
+                                                         "capability:mmlu", "capability:openbookqa"}
+    # a cell in the paper's setting gets our number beside the paper's; others say there is no match
+    recs = [make_record("sdd", "advbench-10", n=10, model="meta-llama/Llama-2-7b-chat-hf", profile="paper",
+                        rubric0=(1.5, 0.01, 0.3), rubric=(1.8, 0.02, 0.3))]
+    rep = report(tmp_path, recs)
+    ref = read_csv(rep.out / "reference.csv")
+    hit = next(r for r in ref if r["defense"] == "SDD" and r["attack"] == "10-shot MFT" and r["metric"] == "HS")
+    assert hit["ours"].startswith("1.800 [") and hit["verified_against_paper"] == "False"
+    assert next(r for r in ref if r["defense"] == "Vanilla")["ours"] == "no matching cell in these records"
+    t1 = (rep.out / "table1.csv").read_text()
+    assert "2.14" not in t1 and "2507.21182" not in t1  # never mixed into our table
+    md = (rep.out / "table1.md").read_text()
+    ours, _, paper = md.partition("## Paper (reference)")
+    assert "2.14" in paper and "2.14" not in ours and "not verified against the paper" in paper
+    assert "2505.12186: 0 numbers" in paper  # SEAM: not found, and said so
+
+
+def test_report_of_a_real_tiny_cell(store, capsys):
+    from sdd_bench.harness.pipeline import RunSpec, run_cell
+    rec, art = run_cell(RunSpec(profile="tiny", defense="sdd", attack="advbench-10", capability=True), store,
+                        progress=False, log=lambda *_: None)
+    out = store.root.parent / "report"
+    rep = build_report([str(store.root)], out, echo=None)
+    assert rep.records == 1
+    long = read_csv(out / "long.csv")
+    assert {r["condition"] for r in long} == {"initial", "attacked"} and all(r["source"] for r in long)
+    t1 = read_csv(out / "table1.csv")
+    assert {(r["defense"], r["column"]) for r in t1} == {("sdd", "initial"), ("sdd", "advbench-10")}
+    assert rep.results.harm.primary.key == "keyword:non_refusal_rate"  # the tiny cell has no extra judge
+    t2 = read_csv(out / "table2.csv")
+    assert {r["quantity"] for r in t2} >= {"capability:arc_easy", "capability_mean"}
+    with capsys.disabled():
+        print("\n" + (out / "table1.md").read_text().split("## Paper")[0])
+        print((out / "table2.md").read_text().split("## Paper")[0])
+        print((out / "worst_case.md").read_text())
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _dump_dom(page: Path, fragment: str = "") -> str:
+    r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                        page.resolve().as_uri() + fragment], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+def _table(dom: str, table_id: str) -> tuple[dict, list[list[str]]]:
+    m = re.search(rf'<table id="t-{table_id}"([^>]*)>(.*?)</table>', dom, re.S)
+    assert m, f"table {table_id} not rendered"
+    attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', m.group(1)))
+    body = m.group(2).split("<tbody>", 1)[1]
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
+    return attrs, rows
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium): the HTML page's "
+                                             "JavaScript is not exercised")
+def test_index_html_renders_and_sorts_in_headless_chromium(tmp_path):
+    recs = [make_record("none", "advbench-100", harm=0.9), make_record("sdd", "advbench-100", harm=0.4),
+            make_record("sdd-reject", "advbench-100", harm=0.6)]
+    rep = report(tmp_path, recs)
+    page = rep.out / "index.html"
+    raw = page.read_text()
+    assert 'data-rows="0"' in raw and "<tbody>" not in raw  # rows exist only once the script has run
+    expected = read_csv(rep.out / "table1.csv")
+    attrs, rows = _table(_dump_dom(page), "table1")
+    assert attrs["data-rows"] == str(len(expected)) == str(len(rows))
+    assert [r[2] for r in rows] == [e["defense_label"] for e in expected]  # the CSV's rows, in its order
+    attrs, rows = _table(_dump_dom(page, "#sort=table1:mean:desc"), "table1")
+    assert attrs["data-sort"] == "mean:desc"
+    means = [float(r[7]) for r in rows]
+    assert means == sorted(means, reverse=True) and len(means) == len(expected)
+    harm_rows = [r for r in rows if r[5] == "harm-clf harmful rate" and r[4] == "attacked"]
+    assert [r[2] for r in harm_rows] == ["none", "sdd-reject", "sdd"]
+    attrs, rows = _table(_dump_dom(page, "#sort=table1:defense_label:asc"), "table1")
+    assert [r[2] for r in rows] == sorted(r[2] for r in rows)
+    ref_attrs, ref_rows = _table(_dump_dom(page), "reference")
+    assert int(ref_attrs["data-rows"]) == len(ref_rows) > 0
