@@ -9,6 +9,7 @@ duplicate, so a record found both in the store and as a ``--out`` copy is never 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -56,6 +57,7 @@ def read_record(path: Path) -> dict:
 
 
 def _grid_records(path: Path, workdir: str | None) -> list[dict]:
+    workdir = workdir if workdir is not None else os.environ.get("SDD_BENCH_WORKDIR", "runs")  # the CLI's default
     try:
         from sdd_bench.harness.grid import records_of_grid
     except ImportError:
@@ -88,14 +90,20 @@ def load(inputs: Iterable[str], workdir: str | None = None, log: Callable[[str],
         elif path.suffix in GRID_SUFFIXES:
             if not path.is_file():
                 raise ReportError(f"{path}: no such grid file.")
-            out += [Loaded(r, f"{path}#{i}") for i, r in enumerate(_grid_records(path, workdir))]
+            got = _grid_records(path, workdir)
+            if not got:
+                log(f"{path}: no finished cell of this grid in the work dir "
+                    f"{workdir if workdir is not None else '(default)'} (run it with `sdd-bench grid`, or pass --workdir)")
+            out += [Loaded(r, f"{path}#{i}") for i, r in enumerate(got)]
         elif path.is_file():
             out.append(Loaded(read_record(path), str(path)))
         else:
             raise ReportError(f"{path}: no such file or directory.")
     if not out:
-        raise NoRecordsError(f"no run records found in {', '.join(map(str, inputs)) or '(no inputs)'}; "
-                             f"give record JSON files, directories holding them, or grid YAML files.")
+        grids = any(Path(i).suffix in GRID_SUFFIXES for i in inputs)
+        raise NoRecordsError(f"no run records found in {', '.join(map(str, inputs)) or '(no inputs)'}; give record "
+                             f"JSON files, directories holding them, or grid YAML files"
+                             + (" (a grid's records are read from its work dir, --workdir)." if grids else "."))
     return out
 
 

@@ -220,6 +220,23 @@ def test_duplicates_and_bad_inputs(tmp_path):
         build_report([str(d)], tmp_path / "out", capability_bound=30, echo=None)
 
 
+def test_grid_yaml_input_reads_the_grids_records(tmp_path, monkeypatch):
+    import sys
+    import types
+    calls = []
+    fake = types.ModuleType("sdd_bench.harness.grid")
+    fake.records_of_grid = lambda path, workdir: calls.append((str(path), workdir)) or [make_record("sdd")]
+    monkeypatch.setitem(sys.modules, "sdd_bench.harness.grid", fake)
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\n")
+    rep = build_report([str(grid)], tmp_path / "out", workdir=str(tmp_path / "runs"), echo=None)
+    assert rep.records == 1 and calls == [(str(grid), str(tmp_path / "runs"))]
+    assert read_csv(rep.out / "long.csv")[0]["source"] == f"{grid}#0"
+    fake.records_of_grid = lambda path, workdir: []
+    with pytest.raises(NoRecordsError, match="work dir"):
+        build_report([str(grid)], tmp_path / "out", workdir=str(tmp_path / "runs"), echo=None)
+
+
 def test_cli_report_and_one_line_errors(tmp_path, capsys):
     d = write(tmp_path, [make_record("sdd"), make_record("none")])
     assert main(["report", str(d), "--out", str(tmp_path / "out"), "--quiet", "--no-reference"]) == 0
