@@ -20,6 +20,7 @@ EPILOG = """examples:
   sdd-bench generate --model smollm2-135m --dataset beavertails-test --limit 8
   sdd-bench ls defenses | attacks | judges | models | datasets | tasks | backends
   sdd-bench validate configs/example_run.yaml
+  sdd-bench grid configs/sdd_grid_smoke.yaml --plan     # a grid: plan, then run (resumable)
   sdd-bench cache ls ; sdd-bench cache prune
 data: set SDD_BENCH_DATA to the benchmark data directory (see README)."""
 
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add sub-commands: each has ``register_cli(sub, add_common) -> {name: handler}``.
-EXTENSIONS = ("sdd_bench.harness.pipeline", "sdd_bench.harness.capability", "sdd_bench.judges.cli")
+EXTENSIONS = ("sdd_bench.harness.pipeline", "sdd_bench.harness.grid", "sdd_bench.harness.capability", "sdd_bench.judges.cli",
+              "sdd_bench.leaderboards.report")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +122,11 @@ def cmd_validate(args) -> int:
     from . import pipeline
     from .config import load_yaml
     data = load_yaml(args.config)
+    from . import grid
+    if grid.is_grid(data):
+        g = grid.grid_from_mapping(data, where=args.config)
+        print(f"{args.config}: valid grid {g.name!r} ({len(grid.expand(g))} cells, profile {g.profile})")
+        return 0
     summary = pipeline.validate_config(data, where=args.config)
     print(f"{args.config}: valid ({summary})")
     return 0

@@ -136,29 +136,41 @@ def load_tokenizer(ref: ModelRef):
     return tok
 
 
+def _builtin(name: str, seed: int = 0):
+    """(canonical name, stage spec, builder fn) of a built-in model; the spec alone gives its store key."""
+    canon = MODELS.canonical(name)
+    builder = MODELS.get(canon)
+    spec: dict[str, Any] = {"model": canon, "builder_version": 1}
+    if canon == "tiny":
+        spec["seed"] = seed
+        spec["config"] = TINY_CONFIG
+        tok_dir = os.environ.get("SDD_BENCH_TOKENIZER")  # a saved tokenizer dir instead of the GGUF's
+        # the SmolLM2 tokenizer, read from the GGUF (no weights), or the dir's files by content hash
+        spec["tokenizer"] = tokenizer_dir_spec(tok_dir) if tok_dir else smol_spec()
+
+        def fn(tmp: Path):
+            _write_info(tmp, build_tiny(tmp, seed=seed, tokenizer_dir=Path(tok_dir) if tok_dir else None))
+    else:
+        spec.update(smol_spec() if canon == "smollm2-135m" else {})
+
+        def fn(tmp: Path):
+            _write_info(tmp, builder(tmp, seed=seed))
+    return canon, spec, fn
+
+
+def model_key(name: str, seed: int = 0) -> str | None:
+    """Store key of a built-in model (without building it); None for paths and hub ids (not stored)."""
+    if name not in MODELS:
+        return None
+    from .store import stage_key
+    return stage_key("model", _builtin(name, seed)[1], [])
+
+
 def materialize(name: str, store, seed: int = 0) -> ModelRef:
     """Turn a model name into a ModelRef, building and caching built-in models in the store."""
     if name in MODELS:
-        canon = MODELS.canonical(name)
-        builder = MODELS.get(canon)
-        spec: dict[str, Any] = {"model": canon, "builder_version": 1}
-        if canon == "tiny":
-            spec["seed"] = seed
-            spec["config"] = TINY_CONFIG
-            tok_dir = os.environ.get("SDD_BENCH_TOKENIZER")  # a saved tokenizer dir instead of the GGUF's
-            # the SmolLM2 tokenizer, read from the GGUF (no weights), or the dir's files by content hash
-            spec["tokenizer"] = tokenizer_dir_spec(tok_dir) if tok_dir else smol_spec()
-            inputs = []
-
-            def fn(tmp: Path):
-                _write_info(tmp, build_tiny(tmp, seed=seed, tokenizer_dir=Path(tok_dir) if tok_dir else None))
-        else:
-            spec.update(smol_spec() if canon == "smollm2-135m" else {})
-            inputs = []
-
-            def fn(tmp: Path):
-                _write_info(tmp, builder(tmp, seed=seed))
-        art, _ = store.run("model", spec, inputs, fn)
+        canon, spec, fn = _builtin(name, seed)
+        art, _ = store.run("model", spec, [], fn)
         return ModelRef(name=canon, path=str(art.path), key=art.ref(), lineage=(canon,))
     p = Path(name).expanduser()
     if p.exists():

@@ -368,10 +368,63 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
 
     rspec = {"record_of": arts, "spec": C.to_dict(spec), "schema": 1}
     rart, hit = store.run("record", rspec, sorted(str(v) for v in arts.values() if v), fn)
+    _point_cell(store, r, rart)
     timings["total"] = time.time() - t_all
     saved = json.loads((rart.path / "record.json").read_text())
     saved["_wall_seconds_this_invocation"] = timings
     return saved, rart
+
+
+def cell_key(r: Resolved) -> str:
+    """Key of a cell's pointer: the run spec plus every resolved plugin config, so a changed default
+    (a new defense version, other profile sizes) no longer matches an old record."""
+    from .store import stage_key
+    return stage_key("cell", cell_spec(r))
+
+
+def cell_spec(r: Resolved) -> dict:
+    return {"spec": C.to_dict(r.spec), "defense": r.defense.spec(),
+            "base_defense": r.base_defense.spec() if r.base_defense else None,
+            "attack": r.attack.spec() if r.attack else None, "generation": C.to_dict(r.gen),
+            "profile": dataclasses.asdict(r.profile), "eval_seed": EVAL_SEED, "schema": 1}
+
+
+def _point_cell(store, r: Resolved, rart) -> None:
+    """Write the ``cell`` pointer (cell spec → record artifact) that lets a grid skip a finished cell."""
+    key = cell_key(r)
+    if store.get("cell", key) is not None:
+        return
+    from .store import write_json
+    with store.writing("cell", key, cell_spec(r)) as tmp:
+        write_json(tmp / "pointer.json", {"record": rart.ref()})
+
+
+def finished_record(store, r: Resolved) -> tuple[dict, Any] | None:
+    """The record of a finished cell (via its pointer), or None if the cell has not finished here."""
+    art = store.get("cell", cell_key(r))
+    if art is None:
+        return None
+    ref = json.loads((art.path / "pointer.json").read_text())["record"]
+    rec = store.get(*ref.split("/", 1))
+    if rec is None:  # the record was pruned: the cell must be re-assembled (its stages may still be cached)
+        return None
+    return json.loads((rec.path / "record.json").read_text()), rec
+
+
+TIMING_KEYS = ("seconds", "seconds_per_step", "timings_compute_s", "_wall_seconds_this_invocation", "train_runtime",
+               "train_samples_per_second", "train_steps_per_second", "tokens_per_s", "elapsed_s", "finished")
+
+
+def comparable(record: dict) -> dict:
+    """A record without its wall-clock fields: what must be identical between an interrupted-and-resumed run and
+    an uninterrupted one (and between two runs of one config on one CPU)."""
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in TIMING_KEYS}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+    return strip(record)
 
 
 def _brief(info):

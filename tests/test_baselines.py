@@ -261,15 +261,11 @@ def test_simpo_defend_tiny(tiny_ref, tmp_path):
 # --- Table 1 grid spec -----------------------------------------------------------------------
 
 def test_table1_config_validates():
-    import yaml
     from pathlib import Path
-    from sdd_bench.harness import pipeline
+    from sdd_bench.harness import grid
     path = Path(__file__).resolve().parent.parent / "configs" / "sdd_table1.yaml"
-    cells = yaml.safe_load(path.read_text())
-    assert isinstance(cells, list)
-    seen = {(c["defense"], c["attack"]) for c in cells}
+    cells = grid.expand(grid.load_grid(path))
+    seen = {(c.defense, c.attack) for c in cells}
     for d in ("none", "refusal-sft", "sdd", "sdd-reject") + BASELINES:
         for a in ("advbench-10", "advbench-50", "advbench-100"):
             assert (d, a) in seen
-    for c in cells:
-        pipeline.validate_config(c, where=str(path))

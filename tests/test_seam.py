@@ -133,16 +133,12 @@ def test_seam_verdict():
 
 
 def test_lr_sweep_config_validates():
-    from sdd_bench.harness import pipeline
-    from sdd_bench.harness.config import load_yaml
-    runs = load_yaml(REPO / "configs" / "seam_lr_sweep.yaml")["runs"]
-    assert isinstance(runs, list) and len(runs) == 10
-    lrs = set()
-    for i, r in enumerate(runs):
-        pipeline.validate_config(r, where=f"seam_lr_sweep[{i}]")
-        lrs.add(r["attack_options"]["lr"])
-    assert lrs == {2e-5, 5e-5, 8e-5, 1e-4, 2e-4}
-    assert {r["defense"] for r in runs} == {"none", "seam"}
+    from sdd_bench.harness import grid
+    cells = grid.expand(grid.load_grid(REPO / "configs" / "seam_lr_sweep.yaml"))
+    assert len(cells) == 10
+    assert {c.attack_options["lr"] for c in cells} == {2e-5, 5e-5, 8e-5, 1e-4, 2e-4}
+    assert {c.defense for c in cells} == {"none", "seam"}
+    assert {c.attack for c in cells} == {"beavertails-1k-seam"}
 
 
 def test_seam_defend_tiny(session_store, tiny_ref):

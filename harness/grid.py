@@ -1,0 +1,470 @@
+"""Grids (DESIGN §1): models × defenses × attacks (with sweeps) × seeds, planned and run cell by cell.
+
+A grid spec is YAML (``configs/*.yaml``)::
+
+    name: sdd-smoke
+    profile: smoke
+    defenses: [none, refusal-sft, sdd, {name: sdd, base_defense: refusal-sft}]
+    attacks:
+      - none
+      - advbench-100
+      - {name: beavertails-1k-seam, sweep: {lr: [2.0e-5, 1.0e-4]}}
+    seeds: [0]
+    judges: [harm-clf]
+    run: {template: chat}          # any other RunSpec field, for every cell
+
+Every cell is one ``run_cell`` (harness/pipeline.py).  Resumability is the artifact store's: every
+stage is published atomically under a content key, so a grid killed at any point (even SIGKILL)
+resumes at the first unfinished stage of the first unfinished cell, and finished cells are found
+through their ``cell`` pointer without touching a model.  Executors: ``local`` (sequential, in
+this process) and ``ray`` (one Ray task per cell stage group — base model, defended model,
+attacked cell — with CPU/GPU resource requests; the store must be a filesystem every Ray node
+sees).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import config as C
+from .errors import ConfigError, SddBenchError
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    name: str = C.param("grid", "grid name (shown in plans and reports)")
+    profile: str = C.param("smoke", "tiny | smoke | paper", choices=("tiny", "smoke", "paper"))
+    models: list = C.param(default_factory=list, doc="model names/paths (default: the profile's model)")
+    defenses: list = C.param(default_factory=lambda: ["none"], doc="defense names or {name, base_defense, options}")
+    attacks: list = C.param(default_factory=lambda: ["none"],
+                            doc="attack presets or {name, options, sweep: {option: [values]}}")
+    seeds: list = C.param(default_factory=lambda: [0], doc="training seeds of defense and attack")
+    judges: list = C.param(default_factory=list, doc="extra harmfulness judges on harmful prompts (e.g. harm-clf)")
+    capability: bool = C.param(True, "run the capability stage (lm-eval)")
+    run: dict = C.param(default_factory=dict, doc="other RunSpec fields applied to every cell (template, n_harmful…)")
+    executor: str = C.param("local", "local | ray", choices=("local", "ray"))
+    ray: dict = C.param(default_factory=dict, doc="ray options: address, num_cpus, cpus_per_cell, gpus_per_cell")
+    description: str = C.param("", "free text")
+
+
+GRID_KEYS = {"defenses", "attacks"}
+
+
+def is_grid(data: dict) -> bool:
+    return bool(GRID_KEYS & set(data))
+
+
+def load_grid(path: str | Path) -> GridSpec:
+    data = C.load_yaml(path)
+    if not is_grid(data):
+        raise ConfigError(f"{path}: not a grid spec (a grid has `defenses:` and `attacks:` lists; a single run "
+                          f"spec is run with `sdd-bench run --config`).")
+    return grid_from_mapping(data, where=str(path))
+
+
+def grid_from_mapping(data: dict, where: str = "grid") -> GridSpec:
+    g = C.build(GridSpec, data, where=where)
+    for k in ("defenses", "attacks", "seeds"):
+        if not getattr(g, k):
+            raise ConfigError(f"{where}: `{k}` is empty; list at least one.")
+    for s in g.seeds:
+        if not isinstance(s, int) or isinstance(s, bool):
+            raise ConfigError(f"{where}: seeds must be integers, got {s!r}.")
+    expand(g, where=where)  # validates every cell (names, options, sweeps)
+    return g
+
+
+def _entry(x: Any, kind: str, where: str) -> dict:
+    if isinstance(x, str):
+        return {"name": x}
+    if isinstance(x, dict) and isinstance(x.get("name"), str):
+        return dict(x)
+    raise ConfigError(f"{where}: each of `{kind}` must be a name or a mapping with a `name`, got {x!r}.")
+
+
+def _num(v: Any) -> Any:
+    """YAML 1.1 reads ``2e-5`` as a string: accept numeric-looking strings in sweeps and options."""
+    if isinstance(v, str):
+        try:
+            return float(v) if any(c in v for c in "eE.") else int(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _attack_variants(entry: dict, where: str) -> list[tuple[str, dict]]:
+    e = dict(entry)
+    name = e.pop("name")
+    base = {k: _num(v) for k, v in dict(e.pop("options", {}) or {}).items()}
+    sweep = e.pop("sweep", None) or {}
+    if e:
+        raise ConfigError(f"{where}: attack {name!r} has unknown keys {sorted(e)}; use `options:` and `sweep:`.")
+    if not isinstance(sweep, dict) or any(not isinstance(v, list) or not v for v in sweep.values()):
+        raise ConfigError(f"{where}: `sweep` of attack {name!r} must map an option to a non-empty list, "
+                          f"e.g. sweep: {{lr: [2.0e-5, 1.0e-4]}}.")
+    out = [(name, base)]
+    for opt, values in sweep.items():
+        out = [(n, {**o, opt: _num(v)}) for n, o in out for v in values]
+    return out
+
+
+def expand(g: GridSpec, where: str = "grid") -> list:
+    """Cells as RunSpecs, in a cache-friendly order (defense-major, so each defended model is built once)."""
+    from .pipeline import resolve, spec_from_mapping
+    models = g.models or [None]
+    cells, seen = [], set()
+    for d in g.defenses:
+        de = _entry(d, "defenses", where)
+        dname = de.pop("name")
+        base = de.pop("base_defense", None)
+        dopts = de.pop("options", {}) or {}
+        bopts = de.pop("base_defense_options", {}) or {}
+        if de:
+            raise ConfigError(f"{where}: defense {dname!r} has unknown keys {sorted(de)}; "
+                              f"use `base_defense`, `options`, `base_defense_options`.")
+        for m in models:
+            for seed in g.seeds:
+                for a in g.attacks:
+                    for aname, aopts in _attack_variants(_entry(a, "attacks", where), where):
+                        d_ = dict(g.run)
+                        d_.update(defense=dname, base_defense=base, defense_options=dopts, base_defense_options=bopts,
+                                  attack=aname, attack_options=aopts, model=m, profile=g.profile, seed=seed,
+                                  judges=list(g.judges), capability=g.capability)
+                        spec = spec_from_mapping(d_, where=f"{where} (cell {dname} × {aname})")
+                        resolve(spec)
+                        k = json.dumps(C.to_dict(spec), sort_keys=True)
+                        if k not in seen:
+                            seen.add(k)
+                            cells.append(spec)
+    return cells
+
+
+def label(spec) -> str:
+    s = f"{spec.defense}" + (f"(on {spec.base_defense})" if spec.base_defense else "") + f" × {spec.attack}"
+    if spec.attack_options:
+        s += "[" + ",".join(f"{k}={v}" for k, v in sorted(spec.attack_options.items())) + "]"
+    if spec.model:
+        s += f" @ {spec.model}"
+    return s + f" seed {spec.seed}"
+
+
+# ------------------------------------------------------------------------------------------
+# plan: what is cached, what is missing, how long the missing part should take
+DEFAULT_ESTIMATE_S = {  # per stage, used when the store has no finished stage of the same kind to learn from
+    "tiny": {"model": 2, "defend": 5, "attack": 5, "evaluate": 10},
+    # smoke (2 CPU cores): LoRA defense 60 steps ≈ 4.5 min, full-FT attack 40 steps ≈ 4 min, generation of
+    # 128 answers × 64 tokens + judges ≈ 1.5 min, lm-eval 3 × 100 items ≈ 1.5 min (measured, see bench/bench_run.py)
+    "smoke": {"model": 30, "defend": 300, "attack": 240, "evaluate": 180},
+    "paper": {"model": None, "defend": None, "attack": None, "evaluate": None},  # unknown until measured here
+}
+
+
+@dataclass
+class CellPlan:
+    spec: Any
+    state: str                    # done | partial | todo
+    stages: dict                  # stage → cached / missing
+    estimate_s: float | None      # remaining compute, None if unknown
+    record: Any = None            # record artifact when done
+
+
+@dataclass
+class Plan:
+    grid: GridSpec
+    cells: list[CellPlan] = field(default_factory=list)
+
+    @property
+    def estimate_s(self) -> float | None:
+        vals = [c.estimate_s for c in self.cells if c.state != "done"]
+        return None if any(v is None for v in vals) else float(sum(vals))
+
+    def summary(self) -> str:
+        n = len(self.cells)
+        done = sum(c.state == "done" for c in self.cells)
+        part = sum(c.state == "partial" for c in self.cells)
+        est = self.estimate_s
+        est_s = "unknown (no timing for this profile yet)" if est is None else _fmt_s(est)
+        return (f"grid {self.grid.name!r} (profile {self.grid.profile}): {n} cells, {done} finished, {part} partly cached, "
+                f"{n - done - part} to run; estimated remaining compute {est_s}")
+
+    def table(self) -> str:
+        lines = [f"{'cell':60s} {'state':8s} {'defend':8s} {'attack':8s} {'estimate':>10s}"]
+        for c in self.cells:
+            est = "-" if c.state == "done" else ("?" if c.estimate_s is None else _fmt_s(c.estimate_s))
+            lines.append(f"{label(c.spec)[:60]:60s} {c.state:8s} {c.stages.get('defend', '-'):8s} "
+                         f"{c.stages.get('attack', '-'):8s} {est:>10s}")
+        return "\n".join(lines)
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s:.0f}s" if s < 120 else (f"{s / 60:.1f}min" if s < 7200 else f"{s / 3600:.1f}h")
+
+
+def _history(store) -> dict:
+    """Median compute seconds of finished defend/attack stages in this store, by (stage, name, steps)."""
+    hist: dict[tuple, list[float]] = {}
+    for stage, namekey in (("defend", "defense"), ("attack", "attack")):
+        sdir = store.root / stage
+        if not sdir.is_dir():
+            continue
+        for a in sdir.iterdir():
+            try:
+                spec = json.loads((a / "spec.json").read_text())["spec"]
+                sec = json.loads((a / "info.json").read_text()).get("seconds")
+            except (OSError, ValueError, KeyError):
+                continue
+            if sec is not None and (a / "COMPLETE").is_file():
+                hist.setdefault((stage, spec.get(namekey), spec.get("config", {}).get("max_steps")), []).append(sec)
+    return {k: statistics.median(v) for k, v in hist.items()}
+
+
+def plan(g: GridSpec, store, cells: list | None = None) -> Plan:
+    """Probe the store for every cell without loading a model: finished cell (pointer), defended model,
+    attacked model; estimate the remaining compute from this store's history or the profile's defaults."""
+    from . import models
+    from .pipeline import finished_record, resolve
+    from .store import stage_key
+    cells = cells if cells is not None else expand(g)
+    hist = _history(store)
+    default = DEFAULT_ESTIMATE_S[g.profile]
+    out = Plan(g)
+    counted: set[str] = set()  # stages (defended models, their initial evaluation) already counted by another cell
+
+    def est(stage, name, steps):
+        v = hist.get((stage, name, steps))
+        return v if v is not None else default[stage]
+
+    for spec in cells:
+        r = resolve(spec)
+        done = finished_record(store, r)
+        if done is not None:
+            out.cells.append(CellPlan(spec, "done", {"defend": "cached", "attack": "cached"}, 0.0, done[1]))
+            continue
+        stages: dict[str, str] = {}
+        remaining: list[float | None] = []
+        mkey = models.model_key(r.model, seed=0)
+        if mkey is None:  # a path or hub id: nothing to build, its identity is its location
+            ident = models.materialize(r.model, store).identity()
+        else:
+            ident = f"model/{mkey}"
+            if store.get("model", mkey) is None:
+                remaining.append(default["model"])
+        for which, d in (("base_defend", r.base_defense), ("defend", r.defense)):
+            if d is None or getattr(d, "identity", False):
+                continue
+            dkey = stage_key("defend", dict(d.spec(), template=spec.template, seed=spec.seed), [ident])
+            cached = store.get("defend", dkey) is not None
+            stages[which] = "cached" if cached else "missing"
+            ident = f"defend/{dkey}"
+            if not cached and ident not in counted:
+                counted.add(ident)
+                remaining.append(est("defend", d.registry_name, getattr(d.cfg, "max_steps", None)))
+        stages.setdefault("defend", "none")
+        if "eval:" + ident not in counted:
+            counted.add("eval:" + ident)
+            remaining.append(default["evaluate"])  # initial evaluation (cheap when its stages are cached)
+        if r.attack is not None:
+            akey = stage_key("attack", dict(r.attack.spec(), template=spec.template, seed=spec.seed), [ident])
+            cached = store.get("attack", akey) is not None
+            stages["attack"] = "cached" if cached else "missing"
+            if not cached:
+                remaining.append(est("attack", r.attack.name, r.attack.cfg.max_steps))
+            remaining.append(default["evaluate"])
+        else:
+            stages["attack"] = "none"
+        state = "partial" if "cached" in stages.values() else "todo"
+        total = None if any(v is None for v in remaining) else float(sum(remaining))
+        out.cells.append(CellPlan(spec, state, stages, total))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# executors
+@dataclass
+class CellResult:
+    spec: Any
+    record: dict | None
+    record_ref: str | None
+    cached: bool
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def _run_one(spec, store, progress: bool, log) -> CellResult:
+    from .pipeline import finished_record, resolve, run_cell
+    t0 = time.time()
+    done = finished_record(store, resolve(spec))
+    if done is not None:
+        return CellResult(spec, done[0], done[1].ref(), True, seconds=time.time() - t0)
+    record, art = run_cell(spec, store, progress=progress, log=log)
+    record.pop("_wall_seconds_this_invocation", None)
+    return CellResult(spec, record, art.ref(), False, seconds=time.time() - t0)
+
+
+def run_local(cells: list, store, *, progress: bool = True, log=print, fail_fast: bool = False) -> list[CellResult]:
+    out = []
+    for i, spec in enumerate(cells, 1):
+        log(f"[{i}/{len(cells)}] {label(spec)}")
+        try:
+            res = _run_one(spec, store, progress, log)
+        except (SddBenchError, RuntimeError, ValueError, OSError) as err:
+            if fail_fast:
+                raise
+            log(f"  FAILED: {type(err).__name__}: {err}")
+            out.append(CellResult(spec, None, None, False, error=f"{type(err).__name__}: {err}"))
+            continue
+        log(f"  {'finished earlier' if res.cached else 'done'} ({res.seconds:.1f}s) -> {res.record_ref}")
+        out.append(res)
+    return out
+
+
+def _ray_cell(spec_dict: dict, workdir: str, threads: int, *deps) -> tuple[str, bool]:
+    """Body of one Ray task: run (or find) one cell in the shared store; returns (record ref, was finished)."""
+    import torch
+    torch.set_num_threads(max(1, threads))
+    from .pipeline import spec_from_mapping
+    from .store import Store
+    res = _run_one(spec_from_mapping(spec_dict, where="ray task"), Store(workdir), False, lambda *_: None)
+    return res.record_ref, res.cached
+
+
+def _ray_model(name: str, workdir: str) -> str:
+    from . import models
+    from .store import Store
+    return models.materialize(name, Store(workdir), seed=0).key
+
+
+def run_ray(cells: list, store, g: GridSpec, *, log=print) -> list[CellResult]:
+    """One Ray task per stage group: each base model once, then each defended model (its no-attack cell:
+    defense + initial evaluation), then every attacked cell depending on its defended model.  Tasks request
+    ``cpus_per_cell`` CPUs and, on the paper profile or with ``gpus_per_cell``, GPUs; the scheduler is Ray's."""
+    try:
+        import ray
+    except ImportError as err:
+        raise SddBenchError("executor 'ray' needs Ray: `pip install 'sdd-bench[ray]'`.") from err
+    from . import config as C_
+    from .pipeline import resolve
+    opts = dict(g.ray)
+    unknown = set(opts) - {"address", "num_cpus", "cpus_per_cell", "gpus_per_cell"}
+    if unknown:
+        raise ConfigError(f"grid {g.name!r}: unknown ray options {sorted(unknown)}; "
+                          f"valid: address, num_cpus, cpus_per_cell, gpus_per_cell.")
+    gpus = float(opts.get("gpus_per_cell", 1 if g.profile == "paper" else 0))
+    cpus = float(opts.get("cpus_per_cell", 1))
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith(("SDD_BENCH_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "OPENAI_"))}
+    if not ray.is_initialized():
+        init = {"address": opts["address"]} if opts.get("address") else {"num_cpus": opts.get("num_cpus")}
+        ray.init(**init, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    workdir = str(store.root)
+    cell_task = ray.remote(_ray_cell).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    model_task = ray.remote(_ray_model).options(num_cpus=cpus, max_retries=0)
+    threads = int(max(1, cpus))
+
+    model_refs: dict[str, Any] = {}
+    defended: dict[str, Any] = {}
+    futures = []
+    for spec in cells:
+        r = resolve(spec)
+        if r.model not in model_refs:
+            model_refs[r.model] = model_task.remote(r.model, workdir)
+        base = C_.replace(spec, attack="none", attack_options={})
+        bkey = json.dumps(C_.to_dict(base), sort_keys=True)
+        if bkey not in defended:
+            defended[bkey] = cell_task.remote(C_.to_dict(base), workdir, threads, model_refs[r.model])
+        if spec.attack == "none" and not spec.attack_options:
+            futures.append(defended[bkey])
+        else:
+            futures.append(cell_task.remote(C_.to_dict(spec), workdir, threads, defended[bkey]))
+    log(f"ray: {len(model_refs)} model task(s), {len(defended)} defended-model task(s), {len(futures)} cells "
+        f"({cpus:g} CPU, {gpus:g} GPU per task)")
+    out = []
+    for spec, fut in zip(cells, futures):
+        t0 = time.time()
+        try:
+            ref, cached = ray.get(fut)
+        except Exception as err:  # a RayTaskError wraps the cell's own exception
+            cause = getattr(err, "cause", None) or err
+            log(f"  FAILED {label(spec)}: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+            out.append(CellResult(spec, None, None, False, error=f"{type(cause).__name__}: {cause}"))
+            continue
+        rec = store.resolve(ref)
+        out.append(CellResult(spec, json.loads((rec.path / "record.json").read_text()), ref, cached,
+                              seconds=time.time() - t0))
+        log(f"  {label(spec)}: {'finished earlier' if cached else 'done'} -> {ref}")
+    return out
+
+
+def run_grid(g: GridSpec, store, *, executor: str | None = None, progress: bool = True, log=print,
+             fail_fast: bool = False) -> list[CellResult]:
+    cells = expand(g)
+    ex = executor or g.executor
+    if ex == "local":
+        return run_local(cells, store, progress=progress, log=log, fail_fast=fail_fast)
+    if ex == "ray":
+        return run_ray(cells, store, g, log=log)
+    raise ConfigError(f"Unknown executor {ex!r}; choose local or ray.")
+
+
+def records_of_grid(path: str | Path, workdir: str | Path) -> list[dict]:
+    """Records of the grid's finished cells in ``workdir`` (for ``sdd-bench report``); unfinished cells are skipped."""
+    from .pipeline import finished_record, resolve
+    from .store import Store
+    store = Store(workdir)
+    out = []
+    for spec in expand(load_grid(path), where=str(path)):
+        done = finished_record(store, resolve(spec))
+        if done is not None:
+            out.append(done[0])
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# CLI
+def register_cli(sub, add_common) -> dict:
+    p = sub.add_parser("grid", help="run a grid spec (models × defenses × attacks × seeds): plan, run missing cells, resume",
+                       description="Expand a grid YAML into cells, show the plan (finished, cached, estimated time), run the "
+                                   "missing cells. Kill it at any point and re-run: finished stages are not redone.")
+    p.add_argument("spec", help="grid YAML (e.g. configs/sdd_grid_smoke.yaml)")
+    p.add_argument("--plan", action="store_true", help="show the plan and exit")
+    p.add_argument("--executor", choices=("local", "ray"), help="override the spec's executor")
+    p.add_argument("--ray-address", help="connect to this Ray cluster (default: start a local Ray instance)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell (default: run the others)")
+    p.add_argument("--records", help="write the grid's records here as JSON lines")
+    add_common(p)
+    return {"grid": cli_grid}
+
+
+def cli_grid(args) -> int:
+    from .store import Store
+    g = load_grid(args.spec)
+    if args.ray_address:
+        g = C.replace(g, ray={**g.ray, "address": args.ray_address}, executor="ray")
+    store = Store(args.workdir)
+    t0 = time.time()
+    pl = plan(g, store)
+    print(pl.summary())
+    print(pl.table())
+    if args.plan:
+        return 0
+    results = run_grid(g, store, executor=args.executor, progress=not args.quiet, fail_fast=args.fail_fast)
+    failed = [r for r in results if r.error]
+    dt = time.time() - t0
+    n = len(results)
+    print(f"\ngrid {g.name!r}: {n - len(failed)}/{n} cells finished, {sum(r.cached for r in results)} were already "
+          f"finished; {dt:.1f}s wall ({dt / max(1, n):.2f}s per cell)")
+    if args.records:
+        with open(args.records, "w") as f:
+            for r in results:
+                if r.record is not None:
+                    f.write(json.dumps(r.record, sort_keys=True, default=str) + "\n")
+    for r in failed:
+        print(f"FAILED {label(r.spec)}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0

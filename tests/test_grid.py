@@ -1,0 +1,170 @@
+"""Grids: expansion and validation, the plan, local and Ray executors, resuming after SIGKILL."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sdd_bench.harness import grid as G
+from sdd_bench.harness.errors import SddBenchError
+from sdd_bench.harness.pipeline import comparable
+from sdd_bench.harness.store import Store
+
+TINY_GRID = """
+name: tiny-test
+profile: tiny
+defenses: [none, sdd]
+attacks: [none, advbench-10]
+seeds: [0]
+capability: true
+"""
+
+
+def _write(tmp_path, text, name="grid.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_expand_sweeps_and_dedup(tmp_path):
+    g = G.load_grid(_write(tmp_path, """
+profile: tiny
+defenses: [none, {name: sdd, base_defense: refusal-sft}]
+attacks:
+  - none
+  - {name: beavertails-100-seam, sweep: {lr: [2e-5, 1.0e-4], epochs: [1, 2]}}
+  - none
+seeds: [0, 1]
+"""))
+    cells = G.expand(g)
+    # 2 defenses × 2 seeds × (1 + 2×2 sweep points); the repeated `none` attack is one cell
+    assert len(cells) == 2 * 2 * 5
+    lrs = sorted({c.attack_options.get("lr") for c in cells if c.attack_options})
+    assert lrs == [2e-5, 1e-4] and all(isinstance(x, float) for x in lrs)  # "2e-5" (a YAML string) became a float
+    assert {c.base_defense for c in cells if c.defense == "sdd"} == {"refusal-sft"}
+
+
+@pytest.mark.parametrize("text,match", [
+    ("defenses: [nonee]\nattacks: [none]\n", "nonee"),
+    ("defenses: [none]\nattacks: [advbench-7]\n", "advbench-7"),
+    ("defenses: []\nattacks: [none]\n", "empty"),
+    ("defenses: [none]\nattacks: [{name: advbench-10, sweep: {lr: 1e-5}}]\n", "sweep"),
+    ("defenses: [none]\nattacks: [{name: advbench-10, options: {lr: -1.0}}]\n", "lr"),
+    ("defenses: [none]\nattacks: [none]\nexecutor: slurm\n", "executor"),
+    ("defenses: [none]\nattacks: [none]\nseedz: [1]\n", "seedz"),
+    ("defenses: [none\nattacks: [none]\n", "malformed YAML"),
+    ("profile: tiny\n", "not a grid"),
+])
+def test_bad_grid_specs(tmp_path, text, match):
+    with pytest.raises(SddBenchError, match=match):
+        G.load_grid(_write(tmp_path, text))
+
+
+def test_local_grid_plan_run_and_cached_rerun(tmp_path):
+    spec = _write(tmp_path, TINY_GRID)
+    store = Store(tmp_path / "runs")
+    g = G.load_grid(spec)
+    before = G.plan(g, store)
+    assert [c.state for c in before.cells] == ["todo"] * 4 and before.estimate_s > 0
+    res = G.run_grid(g, store, progress=False, log=lambda *a: None)
+    assert all(r.error is None and not r.cached for r in res)
+    after = G.plan(g, store)
+    assert [c.state for c in after.cells] == ["done"] * 4 and after.estimate_s == 0
+    t0 = time.time()
+    again = G.run_grid(g, store, progress=False, log=lambda *a: None)
+    per_cell = (time.time() - t0) / len(again)
+    print(f"fully cached tiny grid: {per_cell:.3f}s per cell")
+    assert all(r.cached for r in again)
+    assert [r.record for r in again] == [r.record for r in res]
+    # the report hook sees the same records
+    assert len(G.records_of_grid(spec, tmp_path / "runs")) == 4
+
+
+def _same_code(rec):
+    """The git hash may move between the two runs when commits land meanwhile (a shared dev checkout)."""
+    rec = dict(rec, environment=dict(rec["environment"]))
+    rec["environment"].pop("git", None)
+    return rec
+
+
+def _diff(a, b, path=""):
+    """Paths where two JSON-like values differ (first 10)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff(a.get(k), b.get(k), f"{path}.{k}")
+        return out[:10]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")][:10]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def _grid_cmd(spec, workdir):
+    return [sys.executable, "-m", "sdd_bench.harness.cli", "grid", str(spec), "--workdir", str(workdir), "--quiet"]
+
+
+def test_sigkill_mid_cell_then_resume_equals_uninterrupted(tmp_path):
+    spec = _write(tmp_path, TINY_GRID)
+    env = dict(os.environ)
+    # uninterrupted reference run
+    ref = subprocess.run(_grid_cmd(spec, tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=900)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    # interrupted run: SIGKILL while an attack (the middle of the second defense's cells) is being written
+    work = tmp_path / "killed"
+    proc = subprocess.Popen(_grid_cmd(spec, work), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    killed_in = None
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        for stage in ("attack", "generate", "judge", "capability"):
+            d = work / stage
+            if d.is_dir() and any(p.name.startswith(".tmp-") for p in d.iterdir()) and (work / "cell").is_dir():
+                killed_in = stage
+                break
+        if killed_in:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert killed_in, "the grid finished before it could be killed mid-stage"
+    store = Store(work)
+    finished = len(list((work / "cell").iterdir()))
+    assert finished < 4, "kill came after the last cell"
+    print(f"SIGKILL during a {killed_in} stage with {finished}/4 cells finished")
+    # the store holds no half-written artifact under a final key: every non-temp dir is complete
+    assert all(r["complete"] or r["tmp"] for r in store.list())
+    res = subprocess.run(_grid_cmd(spec, work), env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    g = G.load_grid(spec)
+    a = G.records_of_grid(spec, work)
+    b = G.records_of_grid(spec, tmp_path / "ref")
+    assert len(a) == len(b) == 4
+    # two work dirs: only their own paths (e.g. the model path lm-eval reports) may differ
+    for ra, rb in zip(a, b):
+        ra = json.loads(json.dumps(ra).replace(str(work), "<workdir>"))
+        rb = json.loads(json.dumps(rb).replace(str(tmp_path / "ref"), "<workdir>"))
+        assert _diff(comparable(_same_code(ra)), comparable(_same_code(rb))) == []
+    assert [c.state for c in G.plan(g, store).cells] == ["done"] * 4
+
+
+def test_ray_executor_matches_local(tmp_path):
+    pytest.importorskip("ray")
+    import ray
+    spec = _write(tmp_path, TINY_GRID + "executor: ray\nray: {num_cpus: 2, cpus_per_cell: 1}\n")
+    g = G.load_grid(spec)
+    local = G.run_grid(g, Store(tmp_path / "local"), executor="local", progress=False, log=lambda *a: None)
+    try:
+        remote = G.run_grid(g, Store(tmp_path / "ray"), progress=False, log=print)
+    finally:
+        ray.shutdown()
+    assert all(r.error is None for r in remote), [r.error for r in remote]
+    for a, b in zip(local, remote):
+        ra = json.loads(json.dumps(a.record).replace(str(tmp_path / "local"), "<workdir>"))
+        rb = json.loads(json.dumps(b.record).replace(str(tmp_path / "ray"), "<workdir>"))
+        assert _diff(comparable(_same_code(ra)), comparable(_same_code(rb))) == []
+    # the defended model of `sdd` was trained once: one defend artifact
+    assert len([p for p in (tmp_path / "ray" / "defend").iterdir() if not p.name.startswith(".")]) == 1
