@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules that add sub-commands: each has ``register_cli(sub, add_common) -> {name: handler}``.
 EXTENSIONS = ("sdd_bench.harness.pipeline", "sdd_bench.harness.grid", "sdd_bench.harness.capability", "sdd_bench.judges.cli",
-              "sdd_bench.leaderboards.report")
+              "sdd_bench.leaderboards.report", "sdd_bench.leaderboards.regress")
 
 
 def main(argv: list[str] | None = None) -> int:
