@@ -9,20 +9,33 @@ two passes: pass 1 computes the gradient of the alignment loss w.r.t. each layer
 state and sets ε = ρ·∇_h L / ‖∇_h L‖ (a normalised ascent step, the norm taken jointly over all
 layers); pass 2 adds ε_l to layer l's output and trains on the perturbed loss.
 
-Defaults and sources:
-- ``rho`` 2: paper, LoRA setting (issue 8).
-- alignment data: harmful prompts with safe answers (paper: BeaverTails ``is_safe`` rows).
-  Here: the ``is_safe`` rows of our ``beavertails-defense`` partition (132) topped up with
-  ``refusals`` pairs to ``n_align``.
-- ``n_align`` 2000, ``lr`` 1e-3, LoRA r 8, batch 10, 20 epochs: our reading of the paper's setup
-  (LoRA on Llama-2-7B) — not verified against the code; the paper profile keeps them.
+Defaults and sources (checked against the authors' repository git-disl/Vaccine; the stored arXiv
+HTML of the paper only exposes its opening, so the paper's training-details paragraph was read via
+the NeurIPS reproducibility summary at ri.k117.org, which quotes it):
+- ``rho`` 2: verified.  The repository README (commit 025c1e8f) launches the alignment run as
+  ``script/alignment/Vaccine.sh 2``, i.e. perturbation intensity 2 (passed on as ``--rho``).
+- alignment data: harmful prompts with safe answers (authors: the first 2000 ``is_safe`` rows of
+  BeaverTails ``30k_train``, ``train.py`` at commit 0ccf1568).  Here: the ``is_safe`` rows of our
+  ``beavertails-defense`` partition (132) topped up with ``refusals`` pairs to ``n_align``.
+- ``n_align`` 2000: verified (same ``train.py``, 2000 safe rows).
+- ``lr`` 1e-3: verified (``script/alignment/Vaccine.sh`` at commit 81d77433; the paper's setup
+  paragraph gives the same AdamW learning rate for alignment).
+- LoRA r 8: verified (``train.py`` at 0ccf1568 builds the alignment adapter with rank 8).  The
+  authors use LoRA alpha 4, dropout 0.1 on the attention and MLP projections; here alpha is 2·r and
+  dropout 0 (``_common.lora_train_config``), adapters on all linear layers.
+- batch 5 and 50 epochs: corrected from our earlier reading (batch 10, 20 epochs).  ``Vaccine.sh``
+  runs 50 epochs with per-device batch 5, and the paper's setup paragraph also states 50 alignment
+  epochs; hence ``batch_size`` 5 and ``max_steps`` 20000 (= 50 × 2000 / 5) in the paper profile.
+  The authors' script also sets weight decay 0.1 and a cosine schedule with 10% warm-up, which this
+  port does not reproduce (constant lr, no weight decay).
 - smoke profile (SmolLM2-135M, CPU): LoRA r 16, lr 2e-4, 40 steps × batch 8, max length 192 —
-  sized to the CPU budget like ``sdd``; tiny: 2 steps.
+  sized to the CPU budget like ``sdd``; tiny: 2 steps.  These overrides are unchanged.
 
 Where this differs from the authors' code: hidden states are perturbed at the output of each
-decoder block through forward hooks (the authors hook the same place, per-layer), and the first
-pass takes gradients w.r.t. the hidden states only (no parameter gradients), which is the same
-ε at lower cost.
+decoder block through forward hooks, whereas the authors' ``trainer.py`` (git-disl/Vaccine, commit
+39207088) hooks the output of each self-attention module (``LlamaAttention``/``OPTAttention``);
+the normalisation of ε jointly over all hooked layers is the same.  The first pass takes gradients
+w.r.t. the hidden states only (no parameter gradients), which is the same ε at lower cost.
 """
 from __future__ import annotations
 
@@ -43,8 +56,8 @@ class VaccineConfig:
     rho: float = param(2.0, "perturbation radius ρ (paper, LoRA: 2)", ge=0)
     n_align: int = param(2000, "alignment pairs: harmful prompt → safe answer", ge=1)
     lr: float = param(1e-3, "learning rate (LoRA)", gt=0)
-    max_steps: int = param(4000, "optimizer steps (≈ 20 epochs × 2000 / 10)", ge=1)
-    batch_size: int = param(10, "batch size", ge=1)
+    max_steps: int = param(20000, "optimizer steps (= 50 epochs × 2000 / 5, authors' script)", ge=1)
+    batch_size: int = param(5, "batch size (authors' script: 5)", ge=1)
     max_length: int = param(256, "max tokens per example", ge=16)
     lora: bool = param(True, "LoRA (paper) or full fine-tuning")
     lora_r: int = param(8, "LoRA rank", ge=1)
