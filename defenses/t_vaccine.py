@@ -3,22 +3,42 @@ Alignment for Large Language Models against Harmful Fine-Tuning via Layer-wise P
 2024, arXiv:2410.09760).
 
 Idea: Vaccine perturbs every layer's hidden embedding, which over-perturbs safety-irrelevant
-layers and costs memory.  T-Vaccine scores each layer by the gradient norm of the alignment
-loss w.r.t. its hidden state, samples a few "safety-critical" layers with probabilities
-proportional to those norms, perturbs only them (ε of radius ρ over the sampled layers, as in
-Vaccine), and keeps the other layers frozen; the sample is redrawn every few steps.
+layers and costs memory.  T-Vaccine scores each layer by the gradient norm of a loss w.r.t. its
+hidden state (the authors' code uses the loss on harmful data; this port, the alignment loss),
+samples a few "safety-critical" layers with probabilities proportional to those norms, perturbs
+only them (ε of radius ρ over the sampled layers, as in Vaccine), and keeps the other layers
+frozen; the sample is redrawn every few steps.
 
-Defaults and sources (issue 8, from the paper): ``rho`` 3, ``n_layers`` 8 sampled layers,
-``resample_every`` 20 steps.  Data, lr, batch and steps as ``vaccine`` (same authors' group and
-setup).  smoke profile (30-layer SmolLM2): 8 of 30 layers, 40 steps × batch 8; tiny: 1 of 2.
+Defaults and sources, checked against the authors' repository Lslland/T-Vaccine (the stored
+arXiv HTML of the paper only exposes its opening, so the paper's own hyper-parameter text was not
+read):
+- ``rho`` 3: verified.  The README (commit 01733ec9) runs the alignment as
+  ``script/alignment/T-Vaccine.sh 3``, i.e. perturbation intensity 3.
+- ``n_layers`` 8 and ``resample_every`` 20: verified.  ``script/alignment/T-Vaccine.sh`` (commit
+  fe4cc4d4) sets 8 activated layers (S) and a 20-step switching interval (J).
+- how the layers are sampled: the authors' ``trainer.py`` (commit bdf92d57, ``BaseTrainer``)
+  draws S distinct layers without replacement with probability proportional to each layer's
+  gradient norm, matching ``sample_layers`` here.  The norms there come from a *harmful* batch (a
+  pool of 200 harmful prompts with harmful answers, batch size 1) and are refreshed every K = 200
+  steps, not at every resampling; see the deviations below.
+- alignment data and sizes: the same script aligns on 2000 refusal pairs (RepNoise's BeaverTails
+  paired-refusal file) for 20 epochs at batch 10 and lr 1e-3 with LoRA rank 8 (``train.py`` at
+  bdf92d57), i.e. 4000 steps: ``n_align`` 2000, ``batch_size`` 10, ``max_steps`` 4000, ``lr`` 1e-3
+  and ``lora_r`` 8 here are verified against it.  (Vaccine's own script differs: batch 5, 50
+  epochs.)  Our rows are the ``vaccine`` rows (BeaverTails ``is_safe`` answers topped up with
+  ``refusals``).  The script also uses weight decay 0.1, cosine schedule, 10% warm-up and max
+  length 200, which this port does not reproduce.
+- smoke profile (30-layer SmolLM2): 8 of 30 layers, 40 steps × batch 8; tiny: 1 of 2 (unchanged).
 
-Where this may differ from the authors' code: the layer probabilities are the normalised
-hidden-state gradient norms of the current batch at each resampling step (the paper computes
-them on the alignment data); "frozen" means the non-sampled layers' trainable weights get no
-update in those steps (their gradients are dropped before the optimizer step); weights outside
-the decoder blocks stay trainable.  The first pass takes hidden-state gradients of all layers
-(needed for the probabilities), so the paper's memory saving is not reproduced here — only
-its perturbation and update targeting.
+Where this differs from the authors' code: (1) the layer probabilities here are the normalised
+hidden-state gradient norms of the current *alignment* batch, recomputed at each resampling; the
+authors compute them on a harmful batch every 200 steps.  (2) The authors perturb and score the
+output of each layer's self-attention module; here the decoder block output.  (3) In the authors'
+``trainer.py`` only the LoRA weights inside the non-sampled attention modules are frozen (the MLP
+adapters are not touched there); here "frozen" drops the update of every trainable weight of a
+non-sampled decoder layer, and weights outside the decoder blocks stay trainable.  (4) The first
+pass takes hidden-state gradients of all layers (needed for the probabilities), so the paper's
+memory saving is not reproduced here — only its perturbation and update targeting.
 """
 from __future__ import annotations
 
