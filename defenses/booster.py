@@ -12,12 +12,25 @@ so the alignment stage flattens the harmful-loss descent a later attack would ex
 the paper, the gradient of the second term is taken at the shifted point with the step
 direction treated as a constant (first order, no Hessian).
 
-Defaults and sources: λ 5, α 0.1 (paper, issue 8).  Alignment data: harmful prompts with safe
-answers (``beavertails-defense`` is_safe rows + ``refusals``); harmful data: unsafe
-``beavertails-defense`` pairs (paper: BeaverTails harmful pairs).  ``n_align``/``n_harmful``
-5000, lr 5e-4, LoRA r 32, batch 10, 20 epochs: our reading of the paper's setup (not verified
-against the code).  smoke: LoRA r 16, lr 2e-4, 40 steps × batch 8 (harmful batch 8), max
-length 192; tiny: 2 steps.
+Defaults and sources, checked against the authors' repository git-disl/Booster (the stored arXiv
+HTML of the paper only exposes its opening, so the paper's hyper-parameter text was not read):
+- λ 5 and α 0.1: verified.  ``script/alignment/smooth_align.sh`` (commit 30f959ee) defaults to
+  ``lamb`` 5 and ``alpha`` 0.1 and is the alignment run the README points to.  The README's update
+  rule (commit 03930694) adds λ·(∇h(θ) − ∇h(θ − α g/‖g‖)) to the alignment gradient with
+  g/‖g‖ the normalised harmful gradient, which is what ``booster_regularizer`` computes.
+- data: alignment = harmful prompts with safe answers (authors: BeaverTails ``is_safe`` rows);
+  harmful = unsafe BeaverTails pairs (authors: taken from index 5000 on, ``train.py`` at 30f959ee).
+  Here: ``beavertails-defense`` is_safe rows + ``refusals``, and unsafe ``beavertails-defense``
+  pairs.
+- ``n_align``/``n_harmful`` 5000, lr 5e-4, batch 10, 20 epochs (``max_steps`` 10000 =
+  20 × 5000 / 10): verified against the same script (``sample_num`` 5000, ``bad_sample_num`` 5000,
+  20 epochs, per-device batch 10, lr 5e-4, constant schedule).  The harmful batch size inside the
+  authors' trainer was not checked; here it equals ``batch_size``.  The script also sets weight
+  decay 0.1, which this port does not use.
+- LoRA r 32: verified (``train.py`` at 30f959ee: rank 32, alpha 4, on q/k/v only; here alpha is
+  2·r and adapters sit on all linear layers).  Max length 256 matches the same ``train.py``.
+- smoke: LoRA r 16, lr 2e-4, 40 steps × batch 8 (harmful batch 8), max length 192; tiny: 2 steps
+  (unchanged).
 
 Where this differs: the harmful batch is drawn from its own shuffled stream each step (the
 authors also iterate a separate harmful loader).
