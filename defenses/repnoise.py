@@ -11,16 +11,32 @@ harmless cross-entropy low, push the hidden states of the harmful text towards G
 
     L = CE_harmless + β · Σ_l MMD(h_l(harmful), noise) − α · log CE_harmful
 
-Defaults and sources: β 0.001, α 1 (paper, issue 8).  Data: ``beavertails-defense`` unsafe
-pairs as harmful, its is_safe rows + ``refusals`` as harmless (paper: BeaverTails harmful and
-refusal/safe pairs).  lr 2e-5, full fine-tuning, batch 8, 1 epoch of 10k pairs: our reading of
-the paper (not verified against the code).  smoke: LoRA r 16, lr 2e-4, 40 steps × batch 8;
-tiny: 2 steps.  MMD uses a Gaussian kernel with a few bandwidths and at most ``mmd_tokens``
-response-token vectors per layer (subsampled; our choice, keeps the kernel matrix small on CPU).
+Defaults and sources, checked against the authors' repository domenicrosati/representation-noising
+(its README says the full training code is not released; the stored arXiv HTML of the paper only
+exposes its opening, so the paper's experimental-setup text was not read):
+- β 0.001 and α 1: verified.  ``rep_noise_loss`` in ``representation_noising/loss.py`` (commit
+  a1c3298d) defaults to ``beta`` 0.001 and ``alpha`` 1, and the README (commit 03689ff9) names the
+  released defended model ``repnoise_0.001_beta``.  (Booster's reproduction of RepNoise,
+  git-disl/Booster ``script/alignment/repNoise.sh``, uses α 0.1 instead; we keep the authors'.)
+- data: ``beavertails-defense`` unsafe pairs as harmful, its is_safe rows + ``refusals`` as
+  harmless.  The authors pair each harmful BeaverTails answer with a refusal to the same prompt
+  (``data/beavertails_with_refusals_train.json``).
+- lr 2e-5, full fine-tuning, batch 8, ``n_harmless``/``n_harmful`` 5000, ``max_steps`` 1250: not
+  found in what was read (README, ``loss.py``, ``datasets.py``, the demo notebook, and the opening
+  of the arXiv HTML); values left as they were.  The repository's data helpers default to batch 4,
+  context 256 and a defence set of 1000 pairs, and the README warns that lr, α, β and the number of
+  defence samples need a grid search for each attack strength.
+- smoke: LoRA r 16, lr 2e-4, 40 steps × batch 8; tiny: 2 steps (unchanged).  MMD uses a Gaussian
+  kernel with a few bandwidths and at most ``mmd_tokens`` response-token vectors per layer
+  (subsampled; our choice, keeps the kernel matrix small on CPU).
 
-Where this differs from the authors' code: only response tokens of the harmful examples enter
-the MMD, the harmless and harmful batches are drawn independently (not the same prompts), and
-the harmful CE is the mean over response tokens.
+Where this differs from the authors' code (``loss.py`` at a1c3298d): only response tokens of the
+harmful examples enter the MMD (the authors mask the tokens where the paired harmful and harmless
+sequences differ, and take activations at each layer's MLP output, whereas here the decoder
+hidden states are used); the harmless and harmful batches are drawn independently (not the same
+prompts); the harmful CE is the mean over response tokens of the final layer (the authors average
+the CE of every layer's hidden state read through the final norm and LM head, add 1, then take
+the log); the MMD kernel bandwidths are fixed multiples here, data-dependent in ``loss.py``.
 """
 from __future__ import annotations
 
