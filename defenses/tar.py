@@ -14,9 +14,29 @@ ones, with the gradient of a retain loss that keeps benign behaviour:
 The outer weights are untouched until the meta-step (the optimizer step on g).
 
 Defaults and sources:
-- λ_TR 4, λ_retain 1, inner (adversary) lr 2e-5 with AdamW, outer lr 2e-5, K 64 inner steps,
-  750 outer steps: our reading of the paper's setup for Llama-3-8B (not verified against its
-  code); the paper samples adversaries from a pool of attack configurations, we use one.
+- λ_TR 4, λ_retain 1, inner steps K 64, adversary optimizer AdamW, outer lr 2e-5, 750 outer
+  steps, batch 8: verified against the authors' script for the paper's main setting
+  (weaponization knowledge, biosecurity, Llama-3-8B-Instruct): ``run_tar_bio.sh`` in
+  rishub-tamirisa/tamper-resistance, commit 6b76bf5b (``tar_tamper_resistance_grad_scale`` 4.0,
+  ``tar_retain_scale`` 1.0, ``tar_inner_loop_steps`` 64, ``lr`` 2e-05, ``max_steps`` 750,
+  ``batch_size`` 8; its adversary batch size is 4, here the shared ``batch_size``).  The inner
+  optimizer is ``torch.optim.AdamW`` in ``tar_training_loop`` (``modules/training.py``, commit
+  0392cbbb).  The stored arXiv HTML only exposes the paper's opening, so its own hyper-parameter
+  table was not read.
+- adversary lr 2e-5: the authors sample it per inner run from {2e-6, 2e-5, 4e-5} (same script);
+  we use the middle value of that pool, one fixed adversary (the paper samples adversaries from
+  a pool of attack configurations).
+- ``tr_every`` 1: the bio script evaluates L_TR only every 4th inner step
+  (``tar_inner_loop_subsample`` 4, described as a compute-saving subsampling trick); the
+  harmful-request script evaluates it at every step.  Kept at 1.  The authors also weight the
+  L_TR gradients over inner steps with an exponential schedule (``schedule_lambda`` 0.0625, later
+  steps weigh more) and split λ_TR across 1–2 sampled adversary tasks; here the evaluations are
+  averaged with equal weight.
+- For reference, the authors' harmful-request (refusal) script ``run_tar_dpo.sh`` (commit
+  fae65099) uses a different setting: DPO tamper-resistance loss, λ_TR 0.1, K 8, outer lr 6e-5,
+  100 outer steps, batch 4 × 2 accumulation, 2 adversary tasks per step.  The defaults here follow
+  the main bio setting, since our L_TR (refusal cross-entropy) is neither the entropy nor the DPO
+  loss and λ_TR does not transfer between them.
 - L_TR here: cross-entropy of a refusal (``_common.REFUSAL_TEMPLATES``) to harmful prompts at the
   attacked weights — the model should still refuse after tampering.  The paper uses an entropy
   loss for its weaponization-knowledge setting and a preference (DPO-style) loss for harmful
