@@ -13,8 +13,15 @@ prompts of the defense partition.  The loss is trl's (``CPOTrainer`` with ``loss
 and ``cpo_alpha=0``, i.e. no behaviour-cloning term); it is not re-implemented here.
 
 Defaults and sources:
-- β 2.5, γ 1.4: SimPO paper's instruct-model setting (our reading of its hyper-parameter table:
-  Llama-3-Instruct β 2.5, γ/β ≈ 0.55); lr 1e-6 (paper range 3e-7…1e-6, full fine-tuning).
+- β 2.5, γ 1.375, lr 1e-6: the official Llama-3-Instruct setting of princeton-nlp/SimPO.  Its
+  README hyper-parameter table (commit 005072f8) and
+  ``training_configs/llama-3-8b-instruct-simpo.yaml`` (commit 3e9c4cc3) give β 2.5, γ/β 0.55 and
+  lr 1e-6, so the absolute margin is γ = 2.5 × 0.55 = 1.375 (trl's ``simpo_gamma`` is that
+  absolute margin).  β and lr verified; γ corrected from the earlier rounded 1.4.  The paper's own
+  table could not be read (the stored arXiv HTML only exposes its opening).  The README recommends
+  a grid over lr 3e-7, 5e-7, 1e-6 and calls lr the most sensitive setting; the official config
+  trains 1 epoch with a cosine schedule and 10% warm-up, whereas here the schedule is constant and
+  the length is ``max_steps`` (our choice).
 - chosen refusals: fixed refusal templates (``_common.REFUSAL_TEMPLATES``), one drawn per prompt
   — not responses sampled from ``refusals``, whose text is written for other prompts.
 - rejected: the BeaverTails harmful response of the same prompt (``beavertails-defense``).
@@ -38,7 +45,7 @@ from .base import Defense
 @dataclass(frozen=True)
 class SimPOConfig:
     beta: float = param(2.5, "reward scale β (SimPO, instruct setting)", gt=0)
-    gamma: float = param(1.4, "target reward margin γ (SimPO, instruct setting)", ge=0)
+    gamma: float = param(1.375, "target reward margin γ (SimPO Llama-3-Instruct: 2.5 × 0.55)", ge=0)
     n_pairs: int = param(2000, "preference pairs (capped by the defense partition)", ge=1)
     lr: float = param(1e-6, "learning rate (SimPO paper, full fine-tuning)", gt=0)
     max_steps: int = param(500, "optimizer steps", ge=1)
