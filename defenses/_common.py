@@ -142,9 +142,27 @@ def layer_of(param_name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
+
+
+def attention_modules(model) -> list:
+    """Each decoder layer's self-attention module.  Vaccine and T-Vaccine perturb its output (the
+    attention block's contribution before the residual add), as the authors' trainers hook
+    ``LlamaAttention``/``OPTAttention`` (git-disl/Vaccine trainer.py, commit 39207088)."""
+    out = []
+    for i, layer in enumerate(decoder_layers(model)):
+        mod = next((getattr(layer, n) for n in ATTENTION_NAMES if getattr(layer, n, None) is not None), None)
+        if mod is None:
+            raise ValueError(f"decoder layer {i} ({type(layer).__name__}) has no attention module named one of "
+                             f"{ATTENTION_NAMES}")
+        out.append(mod)
+    return out
+
+
 @contextlib.contextmanager
 def layer_output_hooks(model, fn: Callable):
-    """Call ``fn(i, hidden)`` on each decoder layer's output hidden state; a non-None return replaces it."""
+    """Call ``fn(i, h)`` on the output of layer i's self-attention module (the hidden state Vaccine
+    perturbs); a non-None return replaces it."""
     handles = []
 
     def make(i):
@@ -156,8 +174,8 @@ def layer_output_hooks(model, fn: Callable):
             return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
         return hook
 
-    for i, layer in enumerate(decoder_layers(model)):
-        handles.append(layer.register_forward_hook(make(i)))
+    for i, mod in enumerate(attention_modules(model)):
+        handles.append(mod.register_forward_hook(make(i)))
     try:
         yield
     finally:
@@ -196,7 +214,7 @@ def scaled_perturbation(grads: dict, rho: float) -> dict:
 
 @contextlib.contextmanager
 def add_to_hidden(model, deltas: dict):
-    """Add ``deltas[i]`` to layer i's output hidden state during forwards inside the block."""
+    """Add ``deltas[i]`` to layer i's attention output during forwards inside the block."""
     def add(i, h):
         d = deltas.get(i)
         return None if d is None or d.shape != h.shape else h + d

@@ -32,8 +32,9 @@ read):
 
 Where this differs from the authors' code: (1) the layer probabilities here are the normalised
 hidden-state gradient norms of the current *alignment* batch, recomputed at each resampling; the
-authors compute them on a harmful batch every 200 steps.  (2) The authors perturb and score the
-output of each layer's self-attention module; here the decoder block output.  (3) In the authors'
+authors compute them on a harmful batch every 200 steps.  (2) As in the authors' code, the
+perturbed and scored hidden state is the output of each layer's self-attention module (version 2;
+version 1 used the decoder block output).  (3) In the authors'
 ``trainer.py`` only the LoRA weights inside the non-sampled attention modules are frozen (the MLP
 adapters are not touched there); here "frozen" drops the update of every trainable weight of a
 non-sampled decoder layer, and weights outside the decoder blocks stay trainable.  (4) The first

@@ -5,9 +5,9 @@ arXiv:2402.01109).
 Idea: harmful fine-tuning breaks alignment through a drift of the hidden embeddings of the
 alignment data.  Vaccine aligns the model so that its alignment loss stays low even when every
 layer's hidden embedding is moved by the worst-case perturbation of radius ρ.  Each step takes
-two passes: pass 1 computes the gradient of the alignment loss w.r.t. each layer's output hidden
-state and sets ε = ρ·∇_h L / ‖∇_h L‖ (a normalised ascent step, the norm taken jointly over all
-layers); pass 2 adds ε_l to layer l's output and trains on the perturbed loss.
+two passes: pass 1 computes the gradient of the alignment loss w.r.t. each layer's attention
+output h_l and sets ε = ρ·∇_h L / ‖∇_h L‖ (a normalised ascent step, the norm taken jointly over all
+layers); pass 2 adds ε_l to h_l and trains on the perturbed loss.
 
 Defaults and sources (checked against the authors' repository git-disl/Vaccine; the stored arXiv
 HTML of the paper only exposes its opening, so the paper's training-details paragraph was read via
@@ -31,11 +31,12 @@ the NeurIPS reproducibility summary at ri.k117.org, which quotes it):
 - smoke profile (SmolLM2-135M, CPU): LoRA r 16, lr 2e-4, 40 steps × batch 8, max length 192 —
   sized to the CPU budget like ``sdd``; tiny: 2 steps.  These overrides are unchanged.
 
-Where this differs from the authors' code: hidden states are perturbed at the output of each
-decoder block through forward hooks, whereas the authors' ``trainer.py`` (git-disl/Vaccine, commit
-39207088) hooks the output of each self-attention module (``LlamaAttention``/``OPTAttention``);
-the normalisation of ε jointly over all hooked layers is the same.  The first pass takes gradients
-w.r.t. the hidden states only (no parameter gradients), which is the same ε at lower cost.
+Where the perturbation goes: at the output of each layer's self-attention module (before the
+residual add), through forward hooks (``_common.attention_modules``), as the authors' ``trainer.py``
+(git-disl/Vaccine, commit 39207088) hooks ``LlamaAttention``/``OPTAttention``; ε is normalised
+jointly over all hooked layers, as there.  (Version 1 of this defense perturbed the decoder block
+output instead; version 2 follows the authors.)  The first pass takes gradients w.r.t. the hidden
+states only (no parameter gradients), which gives the same ε at lower cost.
 """
 from __future__ import annotations
 
@@ -102,6 +103,7 @@ class Vaccine(Defense):
         "paper": {},
     }
     datasets = ("beavertails-defense", "refusals")
+    version = 2  # 2: perturbation at the attention output (authors' site), was the decoder block output
     trainer_cls = PerturbedAlignmentTrainer
 
     def build_data(self, seed: int = 0) -> list[dict]:

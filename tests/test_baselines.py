@@ -131,6 +131,27 @@ def test_vaccine_perturbation_has_norm_rho_and_raises_loss(fresh):
     assert perturbed > float(loss)
 
 
+def test_vaccine_perturbs_attention_outputs(fresh):
+    """The authors hook each self-attention module's output (git-disl/Vaccine trainer.py); so do we:
+    the perturbation replaces what `self_attn` returns, so a hook registered after ours sees h + ε."""
+    model, tok = fresh
+    layers = C.decoder_layers(model)
+    assert C.attention_modules(model) == [layer.self_attn for layer in layers]
+    b = _batch(tok)
+    _, grads = C.hidden_state_grads(model, b)
+    eps = {1: torch.full_like(grads[1], 0.5)}
+    seen = []
+    with torch.no_grad():
+        with C.add_to_hidden(model, eps):
+            h = layers[1].self_attn.register_forward_hook(lambda m, i, o: seen.append(o[0].clone()))
+            C.lm_loss(model, b)
+        h.remove()
+        h = layers[1].self_attn.register_forward_hook(lambda m, i, o: seen.append(o[0].clone()))
+        C.lm_loss(model, b)
+        h.remove()
+    assert torch.allclose(seen[0] - seen[1], eps[1], atol=1e-5)
+
+
 def test_vaccine_defend_tiny(tiny_ref, tmp_path):
     d, new, info = _defend("vaccine", tiny_ref, tmp_path)
     assert d.cfg.rho == 2.0 and info["steps"] == 1 and new.adapter
