@@ -221,7 +221,7 @@ def harm_vs_capability(res: Results, out: Path, th: Thresholds, log: Callable[[s
         ax.set_ylabel(_axis_label(metric))
         ax.set_title(f"{model} ({profile})", fontsize="medium")
         ax.legend(fontsize="x-small")
-    fig.suptitle("Each defended model before (o) and after (x) each attack; a usable harmful model sits top right")
+    fig.suptitle("Each defended model before (o) and after (x) each attack;\na usable harmful model sits top right", fontsize=10)
     return _save(fig, out)
 
 
