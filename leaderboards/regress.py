@@ -126,7 +126,7 @@ def compare(base: dict, records: list[dict]) -> list[Check]:
 
 
 def format_checks(checks: list[Check]) -> str:
-    head = f"{'cell':46s} {'condition':9s} {'metric':22s} {'baseline [95% CI]':>24s} {'now':>7s} {'delta':>7s} " \
+    head = f"{'cell':46s} {'condition':9s} {'metric':26s} {'baseline [95% CI]':>24s} {'now':>7s} {'delta':>7s} " \
            f"{'allowed':>7s}  status"
     lines = [head, "-" * len(head)]
     for c in checks:
@@ -134,7 +134,7 @@ def format_checks(checks: list[Check]) -> str:
         now = "-" if c.now is None else f"{c.now:.3f}"
         delta = "-" if c.delta is None else f"{c.delta:+.3f}"
         arrow = "↓" if c.direction == "lower-safer" else "↑"
-        lines.append(f"{c.cell[:46]:46s} {c.condition:9s} {(c.metric + ' ' + arrow)[:22]:22s} "
+        lines.append(f"{c.cell[:46]:46s} {c.condition:9s} {(c.metric + ' ' + arrow)[:26]:26s} "
                      f"{(f'{c.baseline:.3f}' + ci):>24s} {now:>7s} {delta:>7s} {c.allowed:7.3f}  {c.status}")
     lines.append("(↓ lower is safer: a rise beyond `allowed` regresses; ↑ higher is better: a fall beyond it regresses; "
                  "allowed = max(abs, ci_factor × baseline CI half-width))")
@@ -147,7 +147,9 @@ def make_baseline(grid_data: dict, records: list[dict], harm_metric: str | None,
     entries = [{"cell": cell, "condition": cond, "metric": metric, **v} for (cell, cond, metric), v in meas.items()]
     return {"grid": grid_data, "harm_metric": key, "tolerance": {**DEFAULT_TOLERANCE, **(tolerance or {})},
             "entries": entries, "made_with": {"git": provenance.git_hash(), "date": time.strftime("%Y-%m-%d"),
-                                              "records": len(records)}}
+                                              "records": len(records),
+                                              "records_git": sorted({str(r.get("environment", {}).get("git"))
+                                                                     for r in records})}}
 
 
 # ------------------------------------------------------------------------------------------
