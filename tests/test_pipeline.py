@@ -130,6 +130,10 @@ def test_sdd_reject_prefix():
     d = SDDReject.configure("tiny", {"n_pairs": 4, "pool_limit": 40})
     rows, _ = d.build_data(0)
     assert rows and all(r["response"].startswith(REJECT_SENTENCE) for r in rows)
+    # the explicit rejection is visible to the keyword judge (Qi et al. prefixes): SDD Figure 3 without an API judge
+    from sdd_bench.judges.base import make_judge
+    v = make_judge("keyword").judge(["q"], [REJECT_SENTENCE + " Here is a recipe for bread."])
+    assert v[0].label == "refusal"
 
 
 def test_stacked_defense_and_bad_inputs():
