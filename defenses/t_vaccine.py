@@ -3,9 +3,8 @@ Alignment for Large Language Models against Harmful Fine-Tuning via Layer-wise P
 2024, arXiv:2410.09760).
 
 Idea: Vaccine perturbs every layer's hidden embedding, which over-perturbs safety-irrelevant
-layers and costs memory.  T-Vaccine scores each layer by the gradient norm of a loss w.r.t. its
-hidden state (the authors' code uses the loss on harmful data; this port, the alignment loss),
-samples a few "safety-critical" layers with probabilities proportional to those norms, perturbs
+layers and costs memory.  T-Vaccine scores each layer by the gradient norm of the loss on harmful
+data w.r.t. its hidden state, samples a few "safety-critical" layers with probabilities proportional to those norms, perturbs
 only them (ε of radius ρ over the sampled layers, as in Vaccine), and keeps the other layers
 frozen; the sample is redrawn every few steps.
 
@@ -20,7 +19,7 @@ read):
   draws S distinct layers without replacement with probability proportional to each layer's
   gradient norm, matching ``sample_layers`` here.  The norms there come from a *harmful* batch (a
   pool of 200 harmful prompts with harmful answers, batch size 1) and are refreshed every K = 200
-  steps, not at every resampling; see the deviations below.
+  steps, not at every resampling; so here (``probe_every``, ``n_probe``, ``probe_batch`` below).
 - alignment data and sizes: the same script aligns on 2000 refusal pairs (RepNoise's BeaverTails
   paired-refusal file) for 20 epochs at batch 10 and lr 1e-3 with LoRA rank 8 (``train.py`` at
   bdf92d57), i.e. 4000 steps: ``n_align`` 2000, ``batch_size`` 10, ``max_steps`` 4000, ``lr`` 1e-3
@@ -29,15 +28,17 @@ read):
   ``refusals``).  The script also uses weight decay 0.1, cosine schedule, 10% warm-up and max
   length 200, which this port does not reproduce.
 - smoke profile (30-layer SmolLM2): 8 of 30 layers, 40 steps × batch 8; tiny: 1 of 2 (unchanged).
+- ``probe_every`` 200, ``n_probe`` 200, ``probe_batch`` 1: as the authors' trainer, the layer
+  importances are the hidden-state gradient norms of the loss on a harmful batch (one example from
+  a pool of 200 harmful pairs; here unsafe ``beavertails-defense`` pairs), refreshed every 200
+  steps; on the smoke profile (40 steps) they are measured once, at step 0.
 
-Where this differs from the authors' code: (1) the layer probabilities here are the normalised
-hidden-state gradient norms of the current *alignment* batch, recomputed at each resampling; the
-authors compute them on a harmful batch every 200 steps.  (2) As in the authors' code, the
-perturbed and scored hidden state is the output of each layer's self-attention module (version 2;
-version 1 used the decoder block output).  (3) In the authors'
-``trainer.py`` only the LoRA weights inside the non-sampled attention modules are frozen (the MLP
+Versions: 1 perturbed decoder-block outputs and scored layers on the alignment batch; 2 perturbs
+the self-attention outputs, as the authors; 3 scores layers on a harmful batch, as the authors.
+
+Where this differs from the authors' code: (1) In the authors' ``trainer.py`` only the LoRA weights inside the non-sampled attention modules are frozen (the MLP
 adapters are not touched there); here "frozen" drops the update of every trainable weight of a
-non-sampled decoder layer, and weights outside the decoder blocks stay trainable.  (4) The first
+non-sampled decoder layer, and weights outside the decoder blocks stay trainable.  (2) The first
 pass takes hidden-state gradients of all layers (needed for the probabilities), so the paper's
 memory saving is not reproduced here — only its perturbation and update targeting.
 """
@@ -58,6 +59,11 @@ class TVaccineConfig:
     n_layers: int = param(8, "safety-critical layers sampled (paper: 8)", ge=1)
     resample_every: int = param(20, "steps between layer resamplings (paper: 20)", ge=1)
     freeze_others: bool = param(True, "drop updates of non-sampled layers (paper: frozen)")
+    probe_every: int = param(200, "steps between refreshes of the layer importances on a harmful batch "
+                                  "(authors' trainer: 200)", ge=1)
+    n_probe: int = param(200, "harmful (prompt, harmful answer) pairs the importances are measured on (authors: 200)",
+                         ge=1)
+    probe_batch: int = param(1, "harmful examples per importance measurement (authors: 1)", ge=1)
     n_align: int = param(2000, "alignment pairs: harmful prompt → safe answer", ge=1)
     lr: float = param(1e-3, "learning rate (LoRA)", gt=0)
     max_steps: int = param(4000, "optimizer steps", ge=1)
@@ -80,20 +86,37 @@ def sample_layers(grad_norms: dict, k: int, generator=None) -> list[int]:
 
 
 class TargetedPerturbationTrainer(PerturbedAlignmentTrainer):
-    def __init__(self, *a, n_layers: int = 8, resample_every: int = 20, freeze_others: bool = True, **kw):
+    """Vaccine's step restricted to sampled layers.  Layer importances are the hidden-state gradient
+    norms of the loss on a *harmful* batch (``harmful``: a ``BatchCycler``), refreshed every
+    ``probe_every`` steps; without ``harmful`` they fall back to the current alignment batch's."""
+
+    def __init__(self, *a, n_layers: int = 8, resample_every: int = 20, freeze_others: bool = True,
+                 harmful=None, probe_every: int = 200, **kw):
         super().__init__(*a, **kw)
         import torch
         self.n_layers, self.resample_every, self.freeze_others = n_layers, resample_every, freeze_others
+        self.harmful, self.probe_every = harmful, probe_every
         self.sampled: list[int] = []
         self.sample_history: list[tuple[int, list[int]]] = []
+        self.importance: dict[int, float] | None = None
+        self.probe_history: list[tuple[int, dict]] = []
         self.gen = torch.Generator().manual_seed(self.args.seed)
         self._steps_seen = 0
 
+    def probe(self, model) -> dict[int, float]:
+        """Per-layer ‖∂L_harmful/∂h_l‖ on the next harmful batch (no parameter gradients)."""
+        _, g = C.hidden_state_grads(model, self.harmful.next(C.model_device(model)))
+        return {i: float(x.float().norm()) for i, x in g.items()}
+
     def layers_to_perturb(self, model, grads):
-        if not self.sampled or self._steps_seen % self.resample_every == 0:
-            norms = {i: float(g.float().norm()) for i, g in grads.items()}
+        step = self._steps_seen
+        if self.harmful is not None and (self.importance is None or step % self.probe_every == 0):
+            self.importance = self.probe(model)
+            self.probe_history.append((step, dict(self.importance)))
+        if not self.sampled or step % self.resample_every == 0:
+            norms = self.importance if self.harmful is not None else {i: float(g.float().norm()) for i, g in grads.items()}
             self.sampled = sample_layers(norms, self.n_layers, self.gen)
-            self.sample_history.append((self._steps_seen, list(self.sampled)))
+            self.sample_history.append((step, list(self.sampled)))
         self._steps_seen += 1
         return self.sampled
 
@@ -116,8 +139,33 @@ class TVaccine(Vaccine):
         "paper": {},
     }
     trainer_cls = TargetedPerturbationTrainer
+    version = 3  # 3: layer importances from a harmful batch every probe_every steps (authors); 2: attention outputs
 
-    def trainer_kwargs(self) -> dict:
+    def build_data(self, seed: int = 0) -> tuple[list[dict], list[dict]]:
+        return C.alignment_rows(self.cfg.n_align, seed), C.harmful_rows(self.cfg.n_probe, seed + 1)
+
+    def defend(self, ref, out_dir, ctx):
+        from sdd_bench.harness import models
+        from sdd_bench.harness.training import load_trainable, train_sft
         c = self.cfg
-        return {"rho": c.rho, "n_layers": c.n_layers, "resample_every": c.resample_every,
-                "freeze_others": c.freeze_others}
+        rows, harmful = self.build_data(ctx.seed)
+        model, tok = load_trainable(ref, models.resolve_device(ctx.device))
+        probe = C.BatchCycler(C.tokenize(tok, ctx.template, harmful, c.max_length), c.probe_batch, tok.pad_token_id,
+                              ctx.seed)
+        box: dict = {}
+
+        def make_trainer(*a, **kw):
+            box["trainer"] = TargetedPerturbationTrainer(*a, **kw)
+            return box["trainer"]
+
+        new, info = train_sft(ref, rows, C.lora_train_config(c, ctx.seed), out_dir, ctx.template, device=ctx.device,
+                              progress=ctx.progress, name=self.registry_name, trainer_cls=make_trainer,
+                              trainer_kwargs={"rho": c.rho, "n_layers": c.n_layers, "resample_every": c.resample_every,
+                                              "freeze_others": c.freeze_others, "harmful": probe,
+                                              "probe_every": c.probe_every},
+                              model_and_tok=(model, tok))
+        tr = box["trainer"]
+        info["data_stats"] = {"alignment": len(rows), "harmful_probe": len(harmful)}
+        info["layer_samples"] = tr.sample_history
+        info["layer_importance"] = [(step, {str(k): round(v, 6) for k, v in imp.items()}) for step, imp in tr.probe_history]
+        return new, info

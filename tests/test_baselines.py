@@ -183,6 +183,28 @@ def test_t_vaccine_defend_tiny(tiny_ref, tmp_path):
     d, new, info = _defend("t-vaccine", tiny_ref, tmp_path)
     assert (d.cfg.rho, d.cfg.n_layers, d.cfg.resample_every) == (3.0, 1, 20) and info["steps"] == 1
     assert new.lineage[-1] == "t-vaccine"
+    # the layer importances were measured on the harmful probe batch, once at step 0 (probe every 200 steps)
+    assert [step for step, _ in info["layer_importance"]] == [0] and info["data_stats"]["harmful_probe"] > 0
+
+
+def test_t_vaccine_scores_layers_on_harmful_batch(fresh, tmp_path):
+    """Importances come from the harmful stream (not the alignment batch) and refresh every probe_every steps."""
+    from sdd_bench.defenses.t_vaccine import TargetedPerturbationTrainer
+    from sdd_bench.harness.training import training_arguments, TrainConfig, PadCollator
+    from datasets import Dataset
+    model, tok = fresh
+    harmful = C.BatchCycler(C.tokenize(tok, "chat", TOY[:1], 64), 1, tok.pad_token_id)
+    expected = {i: float(g.float().norm()) for i, g in C.hidden_state_grads(model, harmful.next())[1].items()}
+    harmful = C.BatchCycler(C.tokenize(tok, "chat", TOY[:1], 64), 1, tok.pad_token_id)
+    args = training_arguments(TrainConfig(lr=0.0, max_steps=3, batch_size=4), tmp_path, "cpu", 4, disable_tqdm=True)
+    tr = TargetedPerturbationTrainer(model=model, args=args, train_dataset=Dataset.from_list(C.tokenize(tok, "chat", TOY, 64)),
+                                     data_collator=PadCollator(tok.pad_token_id), rho=3.0, n_layers=1,
+                                     resample_every=1, harmful=harmful, probe_every=2)
+    tr.train()
+    assert [s for s, _ in tr.probe_history] == [0, 2]
+    first = tr.probe_history[0][1]
+    assert first.keys() == expected.keys()
+    assert all(math.isclose(first[i], expected[i], rel_tol=1e-4) for i in expected)  # lr 0: weights unchanged
 
 
 # --- Booster ---------------------------------------------------------------------------------
