@@ -3,7 +3,7 @@
 * MFT — Qi et al., "Fine-tuning Aligned Language Models Compromises Safety, Even When Users
   Do Not Intend To!" (ICLR 2024, arXiv:2310.03693): full fine-tuning on N harmful
   (instruction, response) pairs; their defaults lr 5e-5, 5 epochs, batch 10 (``recipe: qi2023``).
-  SEAM (Zhu et al., arXiv:2505.12186) attacks with 1K samples, 1 epoch, full fine-tuning and an
+  SEAM (Wang et al., arXiv:2505.12186) attacks with 1K samples, 1 epoch, full fine-tuning and an
   lr sweep {2e-5, 5e-5, 8e-5, 1e-4, 2e-4} (``recipe: seam``, lr 2e-5 unless overridden).
 * BFT — benign fine-tuning on ShareGPT / Alpaca / SST-2 / AG News / GSM8K (Qi et al. 2023's benign
   case; the Vaccine/Booster task set); defaults lr 2e-5, 1 epoch, batch 10 (``recipe: benign``;

@@ -9,7 +9,7 @@ DEFENSES.lazy("sdd", "sdd_bench.defenses.sdd:SDD",
 DEFENSES.lazy("sdd-reject", "sdd_bench.defenses.sdd_reject:SDDReject",
               "SDD with an explicit refusal sentence before each irrelevant answer (Chen et al., ACL 2025)")
 DEFENSES.lazy("seam", "sdd_bench.defenses.seam:SEAM",
-              "SEAM self-destructive model (Zhu et al., arXiv 2505.12186): unlearn + refuse + anti-aligned harmful/benign gradients")
+              "SEAM self-destructive model (Wang et al., arXiv 2505.12186): unlearn + refuse + anti-aligned harmful/benign gradients")
 # SDD / SEAM paper baselines (issue 8)
 DEFENSES.lazy("simpo", "sdd_bench.defenses.simpo:SimPO",
               "SimPO (Meng et al., NeurIPS 2024) on safety pairs: chosen = refusal, rejected = harmful (trl CPOTrainer)")

@@ -1,5 +1,5 @@
-"""``seam``: SEAM, a self-destructive language model (Zhu, Wang, Wang, "Self-Destructive
-Language Model", arXiv:2505.12186, 2025).
+"""``seam``: SEAM, a self-destructive language model (Wang, Zhu & Wang, "Self-Destructive
+Language Models", ICLR 2026, arXiv:2505.12186).
 
 Idea: make harmful fine-tuning self-destructive.  Besides unlearning harmful responses and
 learning refusals, SEAM trains the model so that the gradient of the loss on harmful data
