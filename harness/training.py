@@ -11,12 +11,38 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from .config import param, to_dict
+from .errors import ConfigError
+
+CHECKPOINTING_ENV = "SDD_BENCH_CHECKPOINTING"
+
+
+def activation_checkpointing(device: str) -> bool:
+    """Whether plain SFT (``train_sft`` with the stock Trainer) recomputes activations in the backward pass.
+
+    An execution setting, like the device: it changes memory and time, not the numbers.  Recomputing a
+    layer on CPU repeats the same deterministic kernels on the same inputs, so the trained weights are
+    bit-identical with and without it (``tests/test_training.py`` checks this on the tiny model; on the
+    smoke model a ShareGPT attack gave identical weights, see docs/performance.md).  It is therefore not
+    part of any cache key; ``train_info.json`` records whether it was on.
+
+    ``$SDD_BENCH_CHECKPOINTING``: ``cpu`` (default: on for CPU training, where activations of a 49k-vocab
+    model at batch 10 × 256 tokens push the smoke profile past 6 GB; off on CUDA, where bf16 autocast and
+    non-deterministic kernels make no bit-identity promise), ``on`` or ``off``.  Custom objectives
+    (``trainer_cls``: Vaccine's hooks, Booster's and SEAM's extra passes, …) keep their own
+    ``gradient_checkpointing`` setting, since recomputing hooked forwards would replay their side effects.
+    """
+    mode = os.environ.get(CHECKPOINTING_ENV, "cpu").strip().lower()
+    if mode not in ("cpu", "on", "off"):
+        raise ConfigError(f"{CHECKPOINTING_ENV}={mode!r} is not one of cpu | on | off (cpu: checkpoint activations "
+                          "when training on CPU, the default).")
+    return mode == "on" or (mode == "cpu" and not device.startswith("cuda"))
 
 
 @dataclass(frozen=True)
@@ -151,12 +177,14 @@ def train_sft(ref, pairs: Sequence[dict], cfg: TrainConfig, out_dir: Path, templ
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules="all-linear", task_type="CAUSAL_LM")
         model = get_peft_model(model, lcfg)
-    if cfg.gradient_checkpointing:
+    checkpointing = cfg.gradient_checkpointing or (trainer_cls is None and activation_checkpointing(device))
+    if checkpointing:
         model.gradient_checkpointing_enable()
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     ds = Dataset.from_list(rows)
-    args = training_arguments(cfg, out_dir / "_trainer", device, len(rows), disable_tqdm=not progress)
+    args = training_arguments(cfg, out_dir / "_trainer", device, len(rows), disable_tqdm=not progress,
+                              gradient_checkpointing=checkpointing)
     tcls = trainer_cls or Trainer
     trainer = tcls(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tok.pad_token_id),
                    **(trainer_kwargs or {}))
@@ -180,7 +208,7 @@ def train_sft(ref, pairs: Sequence[dict], cfg: TrainConfig, out_dir: Path, templ
     n_tok = sum(sum(1 for l in r["labels"] if l != -100) for r in rows)
     info = {"train_config": to_dict(cfg), "examples": len(rows), "steps": trainer.state.global_step,
             "seconds": dt, "seconds_per_step": dt / max(1, trainer.state.global_step),
-            "response_tokens": n_tok, "template": template, "device": device,
+            "response_tokens": n_tok, "template": template, "device": device, "activation_checkpointing": checkpointing,
             "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
             "log_history": trainer.state.log_history}
     (out_dir / "train_info.json").write_text(json.dumps(info, indent=2, default=str))
