@@ -205,23 +205,34 @@ def harm_vs_capability(res: Results, out: Path, th: Thresholds, log: Callable[[s
         log(f"scatter_harm_vs_capability: {missing} model(s) without capability or harmfulness left out (not imputed)")
     fig, axes = _panel_figure(len(panels), width=7.0, height=5.0, max_cols=2)
     colors: dict[str, str] = {}
+    # one marker shape per attack (legend), one colour per defense: text labels beside crowded points overlap
+    attack_names = sorted({f"{s.attack_label} ({KIND_LABEL.get(s.attack_kind, '')})"
+                           for entries in panels.values() for _, _, att in entries for s, _ in att})
+    shapes = ("x", "^", "s", "D", "v", "P", "*", "<", ">", "h")
+    markers = {a: shapes[i] for i, a in enumerate(attack_names)} if len(attack_names) <= len(shapes) else None
     for ax, ((model, profile), entries) in zip(axes, sorted(panels.items())):
         for d, (c0, h0), attacked in entries:
             color = colors.setdefault(d.defense_label, f"C{len(colors) % 10}")
             ax.scatter([c0], [h0], color=color, marker="o", s=50, label=d.defense_label)
             for s, (c1, h1) in attacked:
-                ax.scatter([c1], [h1], color=color, marker="x", s=40)
+                name = f"{s.attack_label} ({KIND_LABEL.get(s.attack_kind, '')})"
+                ax.scatter([c1], [h1], color=color, marker=markers[name] if markers else "x", s=40)
                 ax.annotate("", xy=(c1, h1), xytext=(c0, h0), arrowprops=dict(arrowstyle="->", color=color, alpha=0.6))
-                ax.annotate(f"{s.attack_label} ({KIND_LABEL.get(s.attack_kind, '')})", (c1, h1), fontsize="x-small",
-                            alpha=0.8)
+                if markers is None:  # too many attacks for distinct shapes: label the points instead
+                    ax.annotate(name, (c1, h1), fontsize="x-small", alpha=0.8)
         ax.axvline(th.capability_bound, color="grey", linestyle=":", label=f"capability bound {th.capability_bound:g}")
         if metric.is_rate:
             ax.axhline(th.harm_threshold, color="grey", linestyle="--", label=f"harm threshold {th.harm_threshold:g}")
         ax.set_xlabel("capability: mean accuracy over lm-eval tasks (higher is better)")
         ax.set_ylabel(_axis_label(metric))
         ax.set_title(f"{model} ({profile})", fontsize="medium")
-        ax.legend(fontsize="x-small")
-    fig.suptitle("Each defended model before (o) and after (x) each attack;\na usable harmful model sits top right", fontsize=10)
+        first = ax.legend(fontsize="x-small", loc="upper left", title="defense (o: before attack)", title_fontsize="x-small")
+        if markers:
+            from matplotlib.lines import Line2D
+            handles = [Line2D([], [], color="black", marker=m, linestyle="", label=a) for a, m in markers.items()]
+            ax.add_artist(first)
+            ax.legend(handles=handles, fontsize="x-small", loc="lower left", title="after attack", title_fontsize="x-small")
+    fig.suptitle("Each defended model before (o) and after each attack (arrow);\na usable harmful model sits top right", fontsize=10)
     return _save(fig, out)
 
 
