@@ -28,7 +28,8 @@ class Profile:
 PROFILES = {
     "tiny": Profile("tiny", "tiny", 6, 4, 4, 8, 8, ("arc_easy",), 4, 4,
                     "random-init 2-layer Llama: exercises every code path in seconds; numbers are meaningless"),
-    # smoke: one cell ≈ 10 min on 2 CPU cores (bench/bench_run.py); 64/32/32 prompts give CIs of about ±12 points
+    # smoke: one sdd × advbench-1k cell ≈ 18 min on 2 CPU cores with activation checkpointing (15 min without;
+    # bench/bench_run.py, docs/performance.md); 64/32/32 prompts give CIs of about ±12 points
     "smoke": Profile("smoke", "smollm2-135m", 64, 32, 32, 64, 32, ("arc_easy", "piqa", "openbookqa"), 100, 64,
                      "SmolLM2-135M-Instruct on CPU; CIs are wide, effects must be large to show"),
     "paper": Profile("paper", "meta-llama/Llama-2-7b-chat-hf", 845, 402, 250, 512, 64,
