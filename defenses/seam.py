@@ -40,12 +40,14 @@ Defaults and sources:
 - Note on ε: ĝ is a unit vector over *all* trainable parameters, so the per-coordinate step is about
   ε/√N (≈ 1e-7 for SmolLM2-135M).  That is resolvable in float32 but not in bfloat16: run SEAM
   with float32 (or float64) master weights; ``defend`` warns otherwise.
-- smoke profile (SmolLM2-135M on 2 shared CPU cores): full fine-tuning and lr 2e-5 as in the paper,
-  2 steps × batch 2, max length 64, 16 + 16 pairs.  Sized to the ≤ 10 min defense budget on the
-  loaded machine: bench/bench_seam.py measured a SEAM step at batch 2 × 64 tokens at 316 s (plain
-  SFT step 97 s, 3.3×; one repetition each) under load ≈ 13 on 2 cores (2026-11-23).  At that size SEAM barely moves the
-  model: the smoke profile
-  checks the mechanics, not the paper's effect size.  tiny: 2 steps × batch 2, length 64.
+- smoke profile (SmolLM2-135M on 2 CPU cores): full fine-tuning and lr 2e-5 as in the paper,
+  2 steps × batch 2, max length 64, 16 + 16 pairs.  Sized when the machine was loaded (a SEAM step at
+  batch 2 × 64 took 316 s under load ≈ 13).  At that size SEAM barely moves the model: the smoke
+  profile checks the mechanics, not the paper's effect size.  On the idle machine (load 0.7, 3
+  repetitions, 2026-11-23), bench/bench_seam.py measured at batch 4 × 128: plain SFT step 3.88 s,
+  SEAM step 50.1 s = 12.9× (∇̂L_sd's four passes 6.0×, L_ul + α·L_up 5.7×: L_ul runs the 49K-vocab
+  LM head on all 30 layers' hidden states).  So 20 such steps take about 17 min; re-sizing the smoke
+  profile to that is left to the session that runs the lr sweep.  tiny: 2 steps × batch 2, length 64.
 
 Data (DESIGN §10): D_adv = unsafe rows of ``beavertails-defense`` (disjoint from attack and
 evaluation prompts); D_aln = the *same* prompts answered by one of ``REFUSALS`` (fixed, generic
