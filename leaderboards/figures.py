@@ -206,8 +206,10 @@ def harm_vs_capability(res: Results, out: Path, th: Thresholds, log: Callable[[s
     fig, axes = _panel_figure(len(panels), width=7.0, height=5.0, max_cols=2)
     colors: dict[str, str] = {}
     # one marker shape per attack (legend), one colour per defense: text labels beside crowded points overlap
-    attack_names = sorted({f"{s.attack_label} ({KIND_LABEL.get(s.attack_kind, '')})"
-                           for entries in panels.values() for _, _, att in entries for s, _ in att})
+    def attack_name(s: Setting) -> str:
+        return f"{s.attack_label} ({KIND_LABEL.get(s.attack_kind, '')})"
+
+    attack_names = sorted({attack_name(s) for entries in panels.values() for _, _, att in entries for s, _ in att})
     shapes = ("x", "^", "s", "D", "v", "P", "*", "<", ">", "h")
     markers = {a: shapes[i] for i, a in enumerate(attack_names)} if len(attack_names) <= len(shapes) else None
     for ax, ((model, profile), entries) in zip(axes, sorted(panels.items())):
@@ -215,7 +217,7 @@ def harm_vs_capability(res: Results, out: Path, th: Thresholds, log: Callable[[s
             color = colors.setdefault(d.defense_label, f"C{len(colors) % 10}")
             ax.scatter([c0], [h0], color=color, marker="o", s=50, label=d.defense_label)
             for s, (c1, h1) in attacked:
-                name = f"{s.attack_label} ({KIND_LABEL.get(s.attack_kind, '')})"
+                name = attack_name(s)
                 ax.scatter([c1], [h1], color=color, marker=markers[name] if markers else "x", s=40)
                 ax.annotate("", xy=(c1, h1), xytext=(c0, h0), arrowprops=dict(arrowstyle="->", color=color, alpha=0.6))
                 if markers is None:  # too many attacks for distinct shapes: label the points instead
