@@ -30,7 +30,6 @@ def test_checkpointing_gives_bit_identical_weights(tiny_ref, tmp_path, monkeypat
     (w_off, l_off), (w_on, l_on) = got["off"], got["on"]
     assert l_off == l_on
     assert w_off.keys() == w_on.keys()
-    changed = 0
     for k in w_off:
         assert (w_off[k] == w_on[k]).all(), f"{k} differs with activation checkpointing"
     # and training did something (the comparison is not between two untouched copies)
