@@ -41,13 +41,15 @@ Defaults and sources:
   ε/√N (≈ 1e-7 for SmolLM2-135M).  That is resolvable in float32 but not in bfloat16: run SEAM
   with float32 (or float64) master weights; ``defend`` warns otherwise.
 - smoke profile (SmolLM2-135M on 2 CPU cores): full fine-tuning and lr 2e-5 as in the paper,
-  2 steps × batch 2, max length 64, 16 + 16 pairs.  Sized when the machine was loaded (a SEAM step at
-  batch 2 × 64 took 316 s under load ≈ 13).  At that size SEAM barely moves the model: the smoke
-  profile checks the mechanics, not the paper's effect size.  On the idle machine (load 0.7, 3
-  repetitions, 2026-11-23), bench/bench_seam.py measured at batch 4 × 128: plain SFT step 3.88 s,
-  SEAM step 50.1 s = 12.9× (∇̂L_sd's four passes 6.0×, L_ul + α·L_up 5.7×: L_ul runs the 49K-vocab
-  LM head on all 30 layers' hidden states).  So 20 such steps take about 17 min; re-sizing the smoke
-  profile to that is left to the session that runs the lr sweep.  tiny: 2 steps × batch 2, length 64.
+  20 steps × batch 4, max length 128, 80 + 80 pairs (one pass, no cycling).  Cost, from
+  bench/bench_seam.py on the idle machine (load 0.7, 3 repetitions, 2026-11-23) at batch 4 × 128:
+  plain SFT step 3.88 s, SEAM step 50.1 s = 12.9× (∇̂L_sd's four passes 6.0×, L_ul + α·L_up 5.7×:
+  L_ul runs the 49K-vocab LM head on all 30 layers' hidden states), so the defense takes about
+  17 min.  Until 2026-11-23 the smoke profile was 2 steps × batch 2 × 64 (sized while the machine was
+  loaded, 316 s per step under load ≈ 13); that checked the mechanics but barely moved the model.
+  The 20-step size is the cost budget of one smoke defense (SDD's smoke run is ≈ 8.5 min), not a
+  value from the paper (500 steps × batch 8); whether it is enough for the coupling to show is
+  what the smoke lr sweep (configs/seam_lr_sweep.yaml) measures.  tiny: 2 steps × batch 2, length 64.
 
 Data (DESIGN §10): D_adv = unsafe rows of ``beavertails-defense`` (disjoint from attack and
 evaluation prompts); D_aln = the *same* prompts answered by one of ``REFUSALS`` (fixed, generic
@@ -391,7 +393,7 @@ class SEAM(Defense):
     Config = SEAMConfig
     PROFILE = {
         "tiny": {"n_adv": 8, "n_bgn": 8, "max_steps": 2, "batch_size": 2, "max_length": 64, "lr": 1e-3},
-        "smoke": {"n_adv": 16, "n_bgn": 16, "max_steps": 2, "batch_size": 2, "max_length": 64},
+        "smoke": {"n_adv": 80, "n_bgn": 80, "max_steps": 20, "batch_size": 4, "max_length": 128},
         "paper": {},
     }
     datasets = ("beavertails-defense",)
