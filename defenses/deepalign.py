@@ -62,13 +62,22 @@ class DeepAlignConfig:
 
 
 def recovery_examples(harmful: list[dict], tok, k_max: int, p_k0: float, seed: int) -> list[dict]:
-    """Harmful prompt + first k tokens of its harmful response (``prefill``, not trained on) + a refusal."""
+    """Harmful prompt + first k tokens of its harmful response (``prefill``, not trained on) + a refusal.
+
+    ``tok`` is the model's tokenizer, which cuts the prefix.  With ``tok=None`` (the pipeline's provenance
+    check, which needs only the prompts and has no model at hand) ``prefill`` and ``k`` are None; the
+    prompts, refusals and random draws are the same either way."""
     rng = random.Random(seed)
     out = []
     for r in harmful:
-        ids = tok(r["response"], add_special_tokens=False)["input_ids"]
-        k = 0 if rng.random() < p_k0 else min(len(ids), rng.randint(1, k_max))
-        prefix = tok.decode(ids[:k]) if k else ""
+        k0 = rng.random() < p_k0
+        k_draw = rng.randint(1, k_max) if not k0 else 0
+        if tok is None:
+            prefix, k = None, None
+        else:
+            ids = tok(r["response"], add_special_tokens=False)["input_ids"]
+            k = min(len(ids), k_draw)
+            prefix = tok.decode(ids[:k]) if k else ""
         refusal = C.refusal_for(r["prompt"], rng)
         out.append({"prompt": r["prompt"], "prefill": prefix, "response": (" " if prefix else "") + refusal,
                     "k": k, "kind": "recovery"})
@@ -91,7 +100,8 @@ class DeepAlign(Defense):
         s["data"] += data.get(self.cfg.benign_dataset).fingerprints()
         return s
 
-    def build_data(self, tok, seed: int = 0) -> list[dict]:
+    def build_data(self, seed: int = 0, tok=None) -> list[dict]:
+        """Recovery + benign anchor rows; ``tok`` cuts the harmful prefixes (see ``recovery_examples``)."""
         c = self.cfg
         rows = recovery_examples(C.harmful_rows(c.n_recovery, seed), tok, c.k_max, c.p_k0, seed)
         benign = C.benign_rows(round(len(rows) * c.benign_ratio), seed + 1, c.benign_dataset)
@@ -103,7 +113,7 @@ class DeepAlign(Defense):
         from sdd_bench.harness import models
         c = self.cfg
         model, tok = load_trainable(ref, models.resolve_device(ctx.device))
-        rows = self.build_data(tok, ctx.seed)
+        rows = self.build_data(ctx.seed, tok)
         new, info = train_sft(ref, rows, C.lora_train_config(c, ctx.seed), out_dir, ctx.template, device=ctx.device,
                               progress=ctx.progress, name="deepalign", model_and_tok=(model, tok))
         rec = [r for r in rows if r["kind"] == "recovery"]

@@ -48,6 +48,27 @@ def test_registered_and_profiles_validate(name):
         assert d.spec()["data"]  # dataset fingerprints recorded
 
 
+
+@pytest.mark.parametrize("name", [n for n in DEFENSES.names() if n != "none"])
+def test_build_data_as_the_pipeline_calls_it(name):
+    # run_cell's provenance check calls build_data(seed) with no model at hand (it once crashed
+    # the smoke grid for deepalign after its defense and evaluations had run)
+    d = DEFENSES.get(name).configure("tiny")
+    if not hasattr(d, "build_data"):
+        pytest.skip(f"{name} has no training data")
+    built = d.build_data(0)
+    rows = built[0] if isinstance(built, tuple) else built
+    assert rows and all(isinstance(r["prompt"], str) and r["prompt"] for r in rows)
+
+
+def test_deepalign_provenance_rows_match_training_rows(fresh):
+    _, tok = fresh
+    d = DEFENSES.get("deepalign").configure("tiny")
+    with_tok, without = d.build_data(0, tok), d.build_data(0)
+    assert [r["prompt"] for r in with_tok] == [r["prompt"] for r in without]
+    assert all(r["prefill"] is None for r in without if r["kind"] == "recovery")
+    assert any(r["prefill"] for r in with_tok if r["kind"] == "recovery")
+
 # --- shared data -------------------------------------------------------------------------
 
 def test_data_pools_respect_partitions():
