@@ -314,10 +314,12 @@ def run_local(cells: list, store, *, progress: bool = True, log=print, fail_fast
         log(f"[{i}/{len(cells)}] {label(spec)}")
         try:
             res = _run_one(spec, store, progress, log)
-        except (SddBenchError, RuntimeError, ValueError, OSError) as err:
+        except Exception as err:  # one broken cell must not cost the rest of an unattended grid
             if fail_fast:
                 raise
             log(f"  FAILED: {type(err).__name__}: {err}")
+            if not isinstance(err, SddBenchError):  # a bug, not a bad input: keep where it happened
+                log("".join(traceback.format_exception(err)).rstrip())
             out.append(CellResult(spec, None, None, False, error=f"{type(err).__name__}: {err}"))
             continue
         log(f"  {'finished earlier' if res.cached else 'done'} ({res.seconds:.1f}s) -> {res.record_ref}")

@@ -107,6 +107,29 @@ def _grid_cmd(spec, workdir):
     return [sys.executable, "-m", "sdd_bench.harness.cli", "grid", str(spec), "--workdir", str(workdir), "--quiet"]
 
 
+
+def test_a_crashing_cell_does_not_stop_the_local_grid(tmp_path, monkeypatch):
+    g = G.load_grid(_write(tmp_path, TINY_GRID))
+    cells = G.expand(g)
+    ran = []
+
+    def fake_run_one(spec, store, progress, log):
+        ran.append(G.label(spec))
+        if len(ran) == 2:
+            raise TypeError("'int' object is not callable")  # a bug inside one cell
+        return G.CellResult(spec, {}, f"record/{len(ran)}", False)
+
+    monkeypatch.setattr(G, "_run_one", fake_run_one)
+    lines = []
+    res = G.run_local(cells, Store(tmp_path / "runs"), progress=False, log=lines.append)
+    assert len(ran) == len(cells) == len(res) == 4  # the cells after the broken one still ran
+    assert [r.error is None for r in res] == [True, False, True, True]
+    assert res[1].error == "TypeError: 'int' object is not callable"
+    assert any("Traceback" in line and "fake_run_one" in line for line in lines)  # where the bug is
+    with pytest.raises(TypeError):
+        ran.clear()
+        G.run_local(cells, Store(tmp_path / "runs"), progress=False, log=lines.append, fail_fast=True)
+
 def test_sigkill_mid_cell_then_resume_equals_uninterrupted(tmp_path):
     spec = _write(tmp_path, TINY_GRID)
     env = dict(os.environ)
