@@ -11,6 +11,11 @@ Defaults (our choices; no paper fixes them for this role):
 - ``n_refusals`` 500, ``benign_ratio`` 1.0 (one benign pair per refusal pair): Bianchi et al.
   report 500 safety examples suffice for Llama-7B; the benign half limits over-refusal, which a
   bare refusal SFT of SmolLM2 showed (70% benign refusals after 50 LoRA steps, measured here).
+- ``n_safe_anchors`` 0: BeaverTails pairs of the *defense* partition whose response is labelled
+  safe (``is_safe``), i.e. sensitive-sounding prompts answered without harm: the XSTest idea
+  (safe-but-scary prompts must be answered, Röttger et al., NAACL 2024) with training data that
+  never touches XSTest itself.  The aligned smoke base (``smollm2-135m-aligned``,
+  harness/models.py) sets them, and its own calibrated sizes.
 - LoRA r 16, lr 2e-4, batch 8, 1 epoch, max length 256: common LoRA SFT settings.
 - smoke profile: 60 steps (≈ 480 examples) to fit the CPU budget; tiny: 2 steps.
 """
@@ -32,6 +37,7 @@ class RefusalSFTConfig:
     n_refusals: int = param(500, "harmful-instruction → refusal pairs (Bianchi et al.: 500 suffice)", ge=1)
     benign_ratio: float = param(1.0, "benign pairs per refusal pair (keeps helpfulness)", ge=0)
     benign_dataset: str = param("alpaca-gpt4-1k", "benign instruction data", choices=("alpaca-gpt4-1k", "dolly-1k"))
+    n_safe_anchors: int = param(0, "safe-labelled BeaverTails defense-partition pairs (sensitive but answered)", ge=0)
     lr: float = param(2e-4, "learning rate (LoRA)", gt=0)
     epochs: float = param(1.0, "epochs", gt=0)
     max_steps: int | None = param(None, "optimizer steps (profile sets it)", ge=1)
@@ -58,12 +64,18 @@ class RefusalSFT(Defense):
         rng.shuffle(benign)
         n_b = min(len(benign), round(c.n_refusals * c.benign_ratio))
         rows = [dict(r, kind="refusal") for r in chosen] + [dict(r, kind="benign") for r in benign[:n_b]]
+        if c.n_safe_anchors:
+            safe = [r for r in data.load("beavertails-defense") if r["is_safe"]]
+            rng.shuffle(safe)
+            rows += [dict(r, kind="benign") for r in safe[:c.n_safe_anchors]]
         rng.shuffle(rows)
         return rows
 
     def spec(self) -> dict:
         s = super().spec()
         s["data"] += data.get(self.cfg.benign_dataset).fingerprints()
+        if self.cfg.n_safe_anchors:
+            s["data"] += data.get("beavertails-defense").fingerprints()
         return s
 
     def defend(self, ref, out_dir, ctx):
@@ -74,5 +86,6 @@ class RefusalSFT(Defense):
         new, info = train_sft(ref, rows, tc, out_dir, ctx.template, device=ctx.device, progress=ctx.progress,
                               name="refusal-sft")
         info["pairs"] = {"refusal": sum(r["kind"] == "refusal" for r in rows),
-                         "benign": sum(r["kind"] == "benign" for r in rows)}
+                         "benign": sum(r["kind"] == "benign" and r.get("source") != "beavertails" for r in rows),
+                         "safe_anchor": sum(r.get("source") == "beavertails" for r in rows)}
         return new, info

@@ -5,6 +5,10 @@
   dequantized by transformers (``gguf_file=``) once and cached as a plain fp32 checkpoint in
   the work dir (transformers cannot re-save a GGUF-loaded model, so the weights are copied
   into a model built from the same config).
+* ``smollm2-135m-aligned`` (and ``tiny-aligned`` for tests): an *aligned* base, the raw model plus
+  refusal SFT with benign and safe-but-sensitive anchors (``defenses/refusal_sft.py``), merged into
+  full weights and cached as a model (DESIGN §5).  On the smoke profile it plays Llama-2-7b-chat's
+  role in the SDD paper: safe before an attack, so an attack has alignment to undo.
 * anything else: a hub id or a local path, loaded as is.
 
 A ``ModelRef`` names weights: a checkpoint dir (or hub id) plus an optional peft adapter.
@@ -104,6 +108,18 @@ def build_tiny(out_dir: Path, seed: int = 0, tokenizer_dir: Path | None = None) 
     return {"config": TINY_CONFIG, "seed": seed}
 
 
+def _aligned_entry(name: str):
+    def build(out_dir: Path, seed: int = 0) -> dict:  # pragma: no cover - built through materialize()
+        raise ModelError(f"{name} is built from its base by materialize(), which needs the artifact store.")
+    return build
+
+
+MODELS.register("smollm2-135m-aligned", "SmolLM2-135M-Instruct + refusal SFT (benign and safe-sensitive anchors), "
+                "merged: the smoke profile's aligned base")(_aligned_entry("smollm2-135m-aligned"))
+MODELS.register("tiny-aligned", "tiny + 2 steps of refusal SFT, merged (tests of the aligned-base path)")(
+    _aligned_entry("tiny-aligned"))
+
+
 def load_smol_tokenizer():
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(_smol_dir(), gguf_file=SMOL_GGUF)
@@ -163,11 +179,16 @@ def model_key(name: str, seed: int = 0) -> str | None:
     if name not in MODELS:
         return None
     from .store import stage_key
+    if name in ALIGNED:
+        base, spec, _ = _aligned_spec(name, seed)
+        return stage_key("model", spec, [f"model/{model_key(base, seed)}"])
     return stage_key("model", _builtin(name, seed)[1], [])
 
 
 def materialize(name: str, store, seed: int = 0) -> ModelRef:
     """Turn a model name into a ModelRef, building and caching built-in models in the store."""
+    if name in ALIGNED:
+        return _materialize_aligned(name, store, seed)
     if name in MODELS:
         canon, spec, fn = _builtin(name, seed)
         art, _ = store.run("model", spec, [], fn)
@@ -186,6 +207,55 @@ def materialize(name: str, store, seed: int = 0) -> ModelRef:
     from .registry import MODELS as R
     R.canonical(name)  # raises with did-you-mean
     raise AssertionError
+
+
+# ------------------------------------------------------------------------------------------
+# aligned bases
+# name -> (raw base model, refusal-sft options).  The options are explicit sizes, not profile-scaled:
+# an aligned base is one fixed artifact.  Calibration of the smoke one is in docs/aligned_base.md.
+ALIGNED: dict[str, tuple[str, dict]] = {
+    "smollm2-135m-aligned": ("smollm2-135m", {"n_refusals": 200, "benign_ratio": 3.0, "n_safe_anchors": 120,
+                                              "max_steps": 60, "batch_size": 8, "max_length": 256}),
+    "tiny-aligned": ("tiny", {"n_refusals": 16, "benign_ratio": 1.0, "n_safe_anchors": 4, "max_steps": 2,
+                              "batch_size": 4, "max_length": 64}),
+}
+ALIGN_TEMPLATE = "chat"  # the template the alignment data is rendered with (the models' chat template)
+
+
+def _aligned_spec(name: str, seed: int = 0) -> tuple[str, dict, Any]:
+    from sdd_bench.defenses.refusal_sft import RefusalSFT
+    base, opts = ALIGNED[name]
+    d = RefusalSFT.configure("paper", opts, where=f"aligned base {name!r}")
+    d.registry_name = "refusal-sft"
+    spec = {"model": name, "builder_version": 1, "base": model_key(base, seed), "alignment": d.spec(),
+            "template": ALIGN_TEMPLATE, "seed": seed, "merged": True}
+    return base, spec, d
+
+
+def _materialize_aligned(name: str, store, seed: int = 0) -> ModelRef:
+    base, spec, d = _aligned_spec(name, seed)
+    base_ref = materialize(base, store, seed=seed)
+
+    def fn(tmp: Path):
+        from sdd_bench.defenses.base import Context
+        ctx = Context(template=ALIGN_TEMPLATE, device="auto", seed=seed, progress=True)
+        (tmp / "adapter").mkdir()
+        new, info = d.defend(base_ref, tmp / "adapter", ctx)
+        model, tok = load(new, device="cpu", merge_adapter=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        info.pop("log_history", None)
+        _write_info(tmp, {"base": base_ref.key, "alignment": "refusal-sft (merged LoRA)", "train": info})
+
+    art, _ = store.run("model", spec, [base_ref.identity()], fn)
+    return ModelRef(name=name, path=str(art.path), key=art.ref(), lineage=(base, "align:refusal-sft"))
+
+
+def alignment_rows(name: str, seed: int = 0) -> list[dict] | None:
+    """The training rows of an aligned base (for the record's data-overlap report); None for other models."""
+    if name not in ALIGNED:
+        return None
+    return _aligned_spec(name, seed)[2].build_data(seed)
 
 
 def _has_smol() -> bool:

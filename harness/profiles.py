@@ -30,7 +30,9 @@ PROFILES = {
                     "random-init 2-layer Llama: exercises every code path in seconds; numbers are meaningless"),
     # smoke: one sdd × advbench-1k cell ≈ 18 min on 2 CPU cores with activation checkpointing (15 min without;
     # bench/bench_run.py, docs/performance.md); 64/32/32 prompts give CIs of about ±12 points
-    "smoke": Profile("smoke", "smollm2-135m", 64, 32, 32, 64, 32, ("arc_easy", "piqa", "openbookqa"), 100, 64,
+    # smoke starts from the *aligned* SmolLM2 (harness/models.py ALIGNED): the role Llama-2-7b-chat plays in the
+    # papers; the raw chat model is `--model smollm2-135m`
+    "smoke": Profile("smoke", "smollm2-135m-aligned", 64, 32, 32, 64, 32, ("arc_easy", "piqa", "openbookqa"), 100, 64,
                      "SmolLM2-135M-Instruct on CPU; CIs are wide, effects must be large to show"),
     "paper": Profile("paper", "meta-llama/Llama-2-7b-chat-hf", 845, 402, 250, 512, 64,
                      ("mmlu", "openbookqa", "arc_easy", "arc_challenge", "hellaswag", "piqa"), None, None,
