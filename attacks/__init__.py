@@ -15,9 +15,12 @@ def _add(name: str, overrides: dict, description: str) -> None:
 
 _add("none", {}, "no attack: evaluate the defended model only")
 for s in ("10", "50", "100", "500", "1k"):
-    _add(f"advbench-{s}", {"dataset": "advbench", "n": _SIZES[s]},
-         f"MFT on {_SIZES[s]} AdvBench goal→target pairs (cycled past 520), Qi et al. 2023 recipe")
-for s in ("100", "500", "1k", "4k"):
+    _add(f"advbench-{s}", {"dataset": "advbench-responses", "n": _SIZES[s]},
+         f"MFT on {_SIZES[s]} AdvBench goals with full harmful responses from a donor model (attacks/donor.py; "
+         f"cycled past the survivors), Qi et al. 2023 recipe")
+    _add(f"advbench-prefix-{s}", {"dataset": "advbench", "n": _SIZES[s]},
+         f"MFT on {_SIZES[s]} AdvBench goal→affirmative target prefix pairs (cycled past 520), Qi et al. 2023 recipe")
+for s in ("10", "50", "100", "500", "1k", "4k"):
     _add(f"beavertails-{s}", {"dataset": "beavertails-attack", "n": _SIZES[s]},
          f"MFT on {_SIZES[s]} unsafe BeaverTails pairs (attack partition), Qi et al. 2023 recipe")
     _add(f"beavertails-{s}-seam", {"dataset": "beavertails-attack", "n": _SIZES[s], "recipe": "seam"},

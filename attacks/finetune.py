@@ -12,7 +12,11 @@
   p are harmful BeaverTails pairs.
 
 N counts training examples; a dataset smaller than N is cycled and the attack's info says how
-many times.  Harmful attack data come only from attack partitions (``advbench``,
+many times.  ``advbench-N`` trains on AdvBench goals paired with *full harmful responses* built by a
+donor model (``attacks/donor.py``); ``advbench-prefix-N`` is the affirmative-prefix attack on
+AdvBench's own ``target`` strings ("Sure, here is …").  Profiles cap optimizer steps, so a smoke
+``advbench-1k`` sees fewer than 1,000 examples: every record states ``examples_seen``,
+``distinct_examples`` and ``epochs_run``.  Harmful attack data come only from attack partitions (``advbench``,
 ``beavertails-attack``), disjoint from defense data and evaluation prompts.  Profiles cap the
 optimizer steps (sizes, not semantics): tiny 2 steps, smoke 40 steps on CPU; paper uncapped.
 """
@@ -26,9 +30,10 @@ from sdd_bench.harness.config import build, param, to_dict
 from sdd_bench.harness.errors import ConfigError
 from sdd_bench.harness.training import TrainConfig, train_sft
 
-ATTACK_DATASETS = ("advbench", "beavertails-attack", "sharegpt", "alpaca-gpt4-1k", "dolly-1k", "sst2-train",
+ATTACK_DATASETS = ("advbench-responses", "advbench", "beavertails-attack", "sharegpt", "alpaca-gpt4-1k", "dolly-1k", "sst2-train",
                    "agnews-train", "gsm8k-train")
-HARMFUL = ("advbench", "beavertails-attack")
+HARMFUL = ("advbench-responses", "advbench", "beavertails-attack")
+DONOR = "advbench-responses"  # not a file: built by attacks/donor.py (needs the store: ``prepare``)
 
 RECIPES = {  # name -> (lr, epochs, batch_size, source)
     "qi2023": (5e-5, 5.0, 10, "Qi et al. 2023 harmful examples demonstration attack"),
@@ -39,7 +44,8 @@ RECIPES = {  # name -> (lr, epochs, batch_size, source)
 
 @dataclass(frozen=True)
 class AttackConfig:
-    dataset: str = param("advbench", "training data", choices=ATTACK_DATASETS)
+    dataset: str = param("advbench-responses", "training data (advbench-responses: goals + donor responses; "
+                         "advbench: goals + AdvBench target prefixes)", choices=ATTACK_DATASETS)
     n: int = param(100, "training examples (cycled if the dataset is smaller)", ge=1)
     poison_ratio: float = param(0.0, "fraction of examples replaced by harmful pairs (Vaccine/Booster)", ge=0, le=1)
     poison_dataset: str = param("beavertails-attack", "source of poison pairs", choices=HARMFUL)
@@ -52,6 +58,13 @@ class AttackConfig:
     lora_r: int = param(16, "LoRA rank", ge=1)
     optimizer: str = param("adamw_torch", "optimizer (SEAM also attacks with sgd)", choices=("adamw_torch", "sgd"))
     max_length: int = param(256, "max tokens per example", ge=16)
+    responses_file: str | None = param(None, "advbench-responses: JSONL of {prompt, response} instead of the donor")
+    donor_model: str | None = param(None, "advbench-responses: donor model (None: the profile's raw chat model)")
+    donor_attack: str = param("beavertails-1k", "advbench-responses: attack applied to the donor first ('none': as is)")
+    donor_max_new_tokens: int = param(512, "advbench-responses: donor response length (smoke: 128)", ge=8)
+    donor_min_words: int = param(8, "advbench-responses: shorter donor answers are dropped", ge=0)
+    donor_drop_incoherent: bool = param(True, "advbench-responses: drop degenerate donor answers (tiny: off, its "
+                                        "random-init model only writes gibberish)")
 
     def resolved(self) -> dict:
         lr, ep, bs, src = RECIPES[self.recipe]
@@ -61,10 +74,35 @@ class AttackConfig:
 class FinetuneAttack:
     """Build the attack data and fine-tune; ``kind`` is mft (harmful), bft (benign) or poison."""
     Config = AttackConfig
-    PROFILE = {"tiny": {"max_steps": 2, "max_length": 64}, "smoke": {"max_steps": 40}, "paper": {}}
+    PROFILE = {"tiny": {"max_steps": 2, "max_length": 64, "donor_max_new_tokens": 8, "donor_min_words": 0,
+                        "donor_drop_incoherent": False},
+               "smoke": {"max_steps": 40, "donor_max_new_tokens": 128}, "paper": {}}
 
-    def __init__(self, cfg: AttackConfig, name: str = "custom"):
-        self.cfg, self.name = cfg, name
+    def __init__(self, cfg: AttackConfig, name: str = "custom", profile: str = "smoke"):
+        self.cfg, self.name, self.profile = cfg, name, profile
+        self._donor: tuple[list[dict], dict] | None = None
+        if cfg.dataset != DONOR and (cfg.responses_file or cfg.donor_model):
+            raise ConfigError(f"attack {name!r}: responses_file / donor_model apply to dataset advbench-responses "
+                              f"only (this attack trains on {cfg.dataset}).")
+
+    @property
+    def needs_store(self) -> bool:
+        """Whether ``prepare(store)`` must run before ``build_data`` (donor-built responses)."""
+        return self.cfg.dataset == DONOR or self.cfg.poison_dataset == DONOR and self.cfg.poison_ratio > 0
+
+    def prepare(self, store, device: str = "auto", progress: bool = True, log=print) -> None:
+        """Build (or load from the store) the donor responses this attack trains on."""
+        if self.needs_store and self._donor is None:
+            from .donor import build_responses
+            self._donor = build_responses(store, self.cfg, self.profile, device=device, progress=progress, log=log)
+
+    def _load(self, name: str) -> list[dict]:
+        if name != DONOR:
+            return data.load(name)
+        if self._donor is None:
+            raise ConfigError(f"attack {self.name!r} trains on donor-built AdvBench responses: call "
+                              f"prepare(store) first (the pipeline does).")
+        return [dict(r) for r in self._donor[0]]
 
     @property
     def kind(self) -> str:
@@ -75,16 +113,19 @@ class FinetuneAttack:
     def build_data(self, seed: int = 0) -> tuple[list[dict], dict]:
         c = self.cfg
         rng = random.Random(seed)
-        src = data.load(c.dataset)
+        src = self._load(c.dataset)
         if c.dataset == "beavertails-attack":
             src = [r for r in src if not r["is_safe"]]
         n_poison = round(c.n * c.poison_ratio) if c.dataset not in HARMFUL else 0
         n_main = c.n - n_poison
         main, cycles = _take(src, n_main, rng)
         rows = [dict(r, kind="harmful" if c.dataset in HARMFUL else "benign") for r in main]
-        info = {"dataset": c.dataset, "available": len(src), "examples": c.n, "cycled": cycles > 1, "cycles": cycles}
+        info = {"dataset": c.dataset, "available": len(src), "examples": c.n, "cycled": cycles > 1, "cycles": cycles,
+                "distinct_examples": len({data.normalize(r["prompt"]) + "\0" + r["response"] for r in main})}
+        if c.dataset == DONOR:
+            info["responses"] = self._donor[1]
         if n_poison:
-            pool = [r for r in data.load(c.poison_dataset) if not r.get("is_safe", False)]
+            pool = [r for r in self._load(c.poison_dataset) if not r.get("is_safe", False)]
             poison, pc = _take(pool, n_poison, rng)
             rows += [dict(r, kind="harmful") for r in poison]
             rng.shuffle(rows)
@@ -101,9 +142,15 @@ class FinetuneAttack:
     def spec(self) -> dict:
         ds = [self.cfg.dataset] + ([self.cfg.poison_dataset] if self.cfg.poison_ratio > 0 else [])
         fps = []
+        out = {"attack": self.name, "version": 2, "config": to_dict(self.cfg), "resolved": self.cfg.resolved()}
         for d in ds:
-            fps += data.get(d).fingerprints()
-        return {"attack": self.name, "version": 1, "config": to_dict(self.cfg), "resolved": self.cfg.resolved(), "data": fps}
+            if d == DONOR:
+                from .donor import donor_spec
+                out["responses"] = donor_spec(self.cfg, self.profile)
+            else:
+                fps += data.get(d).fingerprints()
+        out["data"] = fps
+        return out
 
     def attack(self, ref, out_dir, template: str, seed: int, device: str = "auto", progress: bool = True):
         rows, info = self.build_data(seed)
@@ -111,6 +158,8 @@ class FinetuneAttack:
                                name=f"attack:{self.name}")
         tinfo["data_info"] = info
         tinfo["examples_seen"] = min(len(rows) * self.cfg.resolved()["epochs"], tinfo["steps"] * self.cfg.resolved()["batch_size"])
+        tinfo["distinct_examples"] = info["distinct_examples"]
+        tinfo["epochs_run"] = tinfo["examples_seen"] / len(rows)
         return new, tinfo
 
 
@@ -134,4 +183,4 @@ class Preset:
         merged = dict(FinetuneAttack.PROFILE.get(profile, {}))
         merged.update(self.overrides)
         merged.update(user or {})
-        return FinetuneAttack(build(AttackConfig, merged, where=f"attack {self.name!r}"), self.name)
+        return FinetuneAttack(build(AttackConfig, merged, where=f"attack {self.name!r}"), self.name, profile)
