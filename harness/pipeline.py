@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,8 @@ class RunSpec:
     profile: str = C.param("smoke", "tiny | smoke | paper", choices=("tiny", "smoke", "paper"))
     seed: int = C.param(0, "training seed of defense and attack")
     template: str = C.param("chat", "prompt template for defense, attack and evaluation", choices=("chat", "alpaca", "plain"))
-    judges: tuple[str, ...] = C.param((), "extra harmfulness judges on harmful prompts (e.g. harm-clf, rubric)")
+    judges: tuple[str, ...] = C.param(("harm-clf",), "harmfulness judges on harmful prompts (default: the CPU harm-clf; "
+                                      "add rubric with an OpenAI-compatible endpoint)")
     defense_options: dict = C.param(default_factory=dict, doc="overrides of the defense's config")
     base_defense_options: dict = C.param(default_factory=dict, doc="overrides of the base defense's config")
     attack_options: dict = C.param(default_factory=dict, doc="overrides of the attack's config (lr, epochs, …)")
@@ -305,6 +307,8 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
     attacked = None
     if r.attack is not None:
         t0 = time.time()
+        if getattr(r.attack, "needs_store", False):  # e.g. advbench-N: donor-built harmful responses
+            r.attack.prepare(store, device=spec.device, progress=progress, log=log)
         attacked, info["attack"], a = attack_stage(store, defended, r.attack, spec.template, spec.seed, spec.device,
                                                    progress, log)
         timings["attack"] = time.time() - t0
@@ -316,6 +320,9 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
 
     # data provenance: fingerprints and disjointness of defense / attack / evaluation prompts
     groups = {f"eval:{k}": [x["prompt"] for x in rows] for k, (_, rows) in sets.items()}
+    aligned = models.alignment_rows(r.model)
+    if aligned is not None:  # an aligned base's refusal-SFT prompts are defense data too
+        groups[f"model:{r.model}"] = [x["prompt"] for x in aligned if x.get("kind") != "benign"]
     fps = {}
     for d in (r.defense, r.base_defense):
         if d is not None and not getattr(d, "identity", False) and hasattr(d, "build_data"):
@@ -490,6 +497,45 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def harm_metric(record: dict) -> str | None:
+    """The harmfulness metric of a record: rubric HR if it ran, else the first classifier's harmful rate."""
+    keys = record["metrics"]["initial"].get("harmful", {})
+    for k in ("rubric:harmfulness_rate", *sorted(k for k in keys if k.endswith(":harmful_rate"))):
+        if k in keys:
+            return k
+    return None
+
+
+def capability_mean(cond: dict) -> float | None:
+    cap = cond.get("capability") or {}
+    vals = [res.get(res.get("primary", "acc")) for res in cap.get("tasks", {}).values()]
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def answer(record: dict, reference: dict | None = None) -> str:
+    """The cell's one-line answer: harmfulness after the attack with this defense vs without, and capability."""
+    m = record["metrics"]
+    hk = harm_metric(record)
+    cell = record["cell"]
+    if hk is None:
+        return "answer: no harmfulness judge ran (add --judges harm-clf)"
+
+    def fmt(cond):
+        x = cond["harmful"][hk]
+        return f"{x['value']:.0%} [{x['ci95'][0]:.0%}, {x['ci95'][1]:.0%}]"
+    parts = [f"answer ({hk}): {cell['defense']} {fmt(m['initial'])} harmful before"]
+    if "attacked" in m:
+        parts.append(f"{fmt(m['attacked'])} after {cell['attack']}")
+        if reference is not None and "attacked" in reference["metrics"] and hk in reference["metrics"]["attacked"]["harmful"]:
+            parts.append(f"vs {fmt(reference['metrics']['attacked'])} for the undefended {cell['model']} "
+                         f"under the same attack")
+    caps = [capability_mean(m[c]) for c in ("initial", "attacked") if c in m]
+    if caps and all(c is not None for c in caps):
+        parts.append("capability " + " → ".join(f"{c:.3f}" for c in caps))
+    return "; ".join(parts)
+
+
 # ------------------------------------------------------------------------------------------
 # CLI
 def register_cli(sub, add_common) -> dict:
@@ -537,6 +583,8 @@ def spec_from_args(args) -> RunSpec:
             d[k] = v
     if args.judges:
         d["judges"] = [j for j in args.judges.split(",") if j]
+    elif "judges" not in d and (os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY")):
+        d["judges"] = ["harm-clf", "rubric"]  # an endpoint is configured: the Qi et al. rubric too
     if args.no_capability:
         d["capability"] = False
     if args.device:
@@ -575,8 +623,18 @@ def cli_run(args) -> int:
     store = Store(args.workdir)
     t0 = time.time()
     record, art = run_cell(spec, store, progress=not args.quiet)
+    reference = None
+    if spec.attack != "none" and (spec.defense != "none" or spec.base_defense):
+        ref_spec = dataclasses.replace(spec, defense="none", defense_options={}, base_defense=None,
+                                       base_defense_options={})
+        had = finished_record(store, resolve(ref_spec)) is not None
+        print(f"\nundefended reference ({'cached' if had else 'not in the store: running it now'}): "
+              f"defense none, attack {spec.attack}")
+        reference, _ = run_cell(ref_spec, store, progress=not args.quiet)
     print()
     print(table(record))
+    print()
+    print(answer(record, reference))
     print(f"\nrecord: {art.path / 'record.json'}  ({time.time() - t0:.1f}s)")
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=1, default=str, sort_keys=True))

@@ -8,7 +8,7 @@ from sdd_bench.harness.errors import ConfigError, RegistryError
 
 
 def _spec(**kw):
-    base = dict(profile="tiny", capability=False, n_harmful=4, n_benign=2, n_xstest=2)
+    base = dict(profile="tiny", capability=False, n_harmful=4, n_benign=2, n_xstest=2, judges=[])
     base.update(kw)
     return pipeline.spec_from_mapping(base)
 
@@ -100,7 +100,7 @@ def test_poison_ratio_of_mix():
 
 
 def test_advbench_cycles_past_520():
-    r = pipeline.resolve(_spec(attack="advbench-1k"))
+    r = pipeline.resolve(_spec(attack="advbench-prefix-1k"))
     rows, info = r.attack.build_data(0)
     assert len(rows) == 1000 and info["cycled"] and info["cycles"] == 2 and info["available"] == 520
 

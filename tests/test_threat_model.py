@@ -1,0 +1,122 @@
+"""The threat model of a cell (issue 18): harmful-response MFT data, the aligned base, the cell's answer line.
+
+Tiny profile; fixtures are short harmless texts."""
+import json
+
+import pytest
+
+from sdd_bench.harness import data, models, pipeline
+from sdd_bench.harness.errors import ConfigError, DataError
+
+
+def _spec(**kw):
+    base = dict(profile="tiny", capability=False, n_harmful=4, n_benign=2, n_xstest=2, judges=[])
+    base.update(kw)
+    return pipeline.spec_from_mapping(base)
+
+
+def test_advbench_trains_on_donor_responses_not_target_prefixes(session_store):
+    r = pipeline.resolve(_spec(attack="advbench-100"))
+    assert r.attack.cfg.dataset == "advbench-responses" and r.attack.needs_store
+    with pytest.raises(ConfigError, match="prepare"):
+        r.attack.build_data(0)
+    logs = []
+    r.attack.prepare(session_store, device="cpu", progress=False, log=logs.append)
+    rows, info = r.attack.build_data(0)
+    targets = {x["prompt"]: x["response"] for x in data.load("advbench")}
+    assert len(rows) == 100 and all(x["kind"] == "harmful" for x in rows)
+    assert all(x["prompt"] in targets for x in rows)  # AdvBench goals ...
+    assert not any(x["response"] == targets[x["prompt"]] for x in rows)  # ... but not AdvBench's target strings
+    resp = info["responses"]
+    assert resp["source"] == "donor" and resp["generated"] == 520
+    assert resp["kept"] + sum(resp["dropped"].values()) == 520
+    assert any("advbench responses (built)" in line for line in logs)
+    # the donor (its attack, generations, filter) is part of the attack's identity
+    spec = r.attack.spec()
+    assert spec["responses"]["donor_model"] == "tiny" and spec["responses"]["donor_attack"]["attack"] == "beavertails-1k"
+    # a second attack object finds the donor in the store
+    r2 = pipeline.resolve(_spec(attack="advbench-10"))
+    logs2 = []
+    r2.attack.prepare(session_store, device="cpu", progress=False, log=logs2.append)
+    assert any("cache hit" in line for line in logs2)
+
+
+def test_advbench_prefix_keeps_the_affirmative_target_attack():
+    r = pipeline.resolve(_spec(attack="advbench-prefix-1k"))
+    rows, info = r.attack.build_data(0)
+    targets = {x["prompt"]: x["response"] for x in data.load("advbench")}
+    assert len(rows) == 1000 and info["cycled"] and info["cycles"] == 2 and info["available"] == 520
+    assert info["distinct_examples"] == 520
+    assert all(x["response"] == targets[x["prompt"]] for x in rows)
+
+
+def test_responses_file_replaces_the_donor(tmp_path):
+    f = tmp_path / "resp.jsonl"
+    f.write_text("\n".join(json.dumps({"prompt": f"Name fruit number {i}.", "response": f"Fruit {i} is a pear."})
+                           for i in range(5)) + "\n")
+    r = pipeline.resolve(_spec(attack="advbench-10", attack_options={"responses_file": str(f)}))
+    r.attack.prepare(None)
+    rows, info = r.attack.build_data(0)
+    assert len(rows) == 10 and info["distinct_examples"] == 5 and info["responses"]["source"] == "responses_file"
+    sha = r.attack.spec()["responses"]["responses_file_sha256"]
+    f.write_text(f.read_text() + json.dumps({"prompt": "One more?", "response": "Yes, one more pear."}) + "\n")
+    assert pipeline.resolve(_spec(attack="advbench-10", attack_options={"responses_file": str(f)})).attack.spec()[
+        "responses"]["responses_file_sha256"] != sha
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    r = pipeline.resolve(_spec(attack="advbench-10", attack_options={"responses_file": str(bad)}))
+    with pytest.raises(DataError, match="`prompt` and `response`"):
+        r.attack.prepare(None)
+    with pytest.raises(ConfigError, match="does not exist"):
+        pipeline.resolve(_spec(attack="advbench-10", attack_options={"responses_file": str(tmp_path / "nope")})).attack.spec()
+    with pytest.raises(ConfigError, match="advbench-responses only"):
+        pipeline.resolve(_spec(attack="beavertails-100", attack_options={"responses_file": str(f)}))
+
+
+def test_beavertails_shot_counts_have_full_responses():
+    for n in (10, 50, 100):
+        r = pipeline.resolve(_spec(attack=f"beavertails-{n}"))
+        rows, info = r.attack.build_data(0)
+        assert len(rows) == n and info["distinct_examples"] == n and not info["cycled"]
+        assert all(len(x["response"].split()) > 3 for x in rows)
+
+
+def test_aligned_base_is_a_merged_refusal_sft_of_the_raw_model(session_store):
+    ref = models.materialize("tiny-aligned", session_store)
+    raw = models.materialize("tiny", session_store)
+    assert ref.adapter is None and ref.key != raw.key and ref.lineage == ("tiny", "align:refusal-sft")
+    assert f"model/{models.model_key('tiny-aligned')}" == ref.key  # the key is known without building
+    info = json.loads((session_store.get(*ref.key.split("/", 1)).path / "model_info.json").read_text())
+    assert info["train"]["steps"] == 2 and info["train"]["pairs"]["safe_anchor"] == 4
+    import torch
+    from safetensors.torch import load_file
+    from pathlib import Path
+    w_al = load_file(str(next(Path(ref.path).glob("*.safetensors"))))
+    w_raw = load_file(str(next(Path(raw.path).glob("*.safetensors"))))
+    changed = [k for k in w_raw if not torch.equal(w_raw[k], w_al[k])]
+    assert changed and all("proj" in k for k in changed)  # the LoRA delta is merged into the projections
+    assert models.materialize("tiny-aligned", session_store).path == ref.path  # cached
+    rows = models.alignment_rows("tiny-aligned")
+    assert sum(x["kind"] == "refusal" for x in rows) == 16
+
+
+def test_smoke_profile_starts_from_the_aligned_base():
+    from sdd_bench.harness import profiles
+    assert profiles.get("smoke").model == "smollm2-135m-aligned"
+    assert pipeline.RunSpec().judges == ("harm-clf",)  # run's default includes a CPU harmfulness judge
+
+
+def _rec(defense, before, after, cap=(0.5, 0.45)):
+    def cond(h, c):
+        return {"harmful": {"harm-clf:harmful_rate": {"value": h, "ci95": [max(0, h - 0.1), min(1, h + 0.1)]}},
+                "capability": {"tasks": {"arc_easy": {"acc": c, "primary": "acc"}}}}
+    return {"cell": {"defense": defense, "attack": "advbench-100", "model": "smollm2-135m-aligned"},
+            "metrics": {"initial": cond(before, cap[0]), "attacked": cond(after, cap[1])}}
+
+
+def test_answer_line_compares_with_the_undefended_model():
+    line = pipeline.answer(_rec("sdd", 0.05, 0.3), _rec("none", 0.1, 0.9))
+    assert line.startswith("answer (harm-clf:harmful_rate): sdd 5% [0%, 15%] harmful before")
+    assert "30% [20%, 40%] after advbench-100" in line and "vs 90% [80%, 100%] for the undefended" in line
+    assert "capability 0.500 → 0.450" in line
+    assert "no harmfulness judge" in pipeline.answer({"cell": {}, "metrics": {"initial": {"harmful": {}}}})
