@@ -218,7 +218,6 @@ class TARTrainer(Trainer):
 
 def frozen_reference(model):
     """Hidden states of the starting weights: the base without its adapter (LoRA) or a frozen copy."""
-    import contextlib
     if hasattr(model, "disable_adapter"):
         def run(batch):
             with model.disable_adapter():
@@ -228,9 +227,8 @@ def frozen_reference(model):
     twin = copy.deepcopy(model).eval().requires_grad_(False)
 
     def run(batch):
-        with contextlib.nullcontext():
-            return twin(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        output_hidden_states=True).hidden_states
+        return twin(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    output_hidden_states=True).hidden_states
     return run
 
 

@@ -381,8 +381,6 @@ def test_tar_adversary_weighted_tr_gradient_and_copy_only(fresh):
 
 
 def test_tar_retain_loss_is_ce_plus_representation_distance(fresh):
-    import copy as _copy
-
     from sdd_bench.defenses.tar import frozen_reference, retain_loss
     model, tok = fresh
     b = _batch(tok)
@@ -395,7 +393,6 @@ def test_tar_retain_loss_is_ce_plus_representation_distance(fresh):
             p.add_(0.01)
     _, moved = retain_loss(model, b, frozen)
     assert moved["retain_rep_dist"] > 0
-    del _copy
 
 
 def test_tar_meta_step_changes_the_outer_weights(fresh, tmp_path):
