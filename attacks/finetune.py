@@ -35,10 +35,46 @@ ATTACK_DATASETS = ("advbench-responses", "advbench", "beavertails-attack", "shar
 HARMFUL = ("advbench-responses", "advbench", "beavertails-attack")
 DONOR = "advbench-responses"  # not a file: built by attacks/donor.py (needs the store: ``prepare``)
 
-RECIPES = {  # name -> (lr, epochs, batch_size, source)
-    "qi2023": (5e-5, 5.0, 10, "Qi et al. 2023 harmful examples demonstration attack"),
-    "seam": (2e-5, 1.0, 8, "SEAM attack: 1 epoch, lr sweep from 2e-5"),
-    "benign": (2e-5, 1.0, 10, "benign fine-tuning (Qi et al. 2023 benign case lr/epochs)"),
+
+@dataclass(frozen=True)
+class Recipe:
+    """One attack recipe's optimisation settings, each from its source (``source``/``notes``)."""
+    lr: float                                   # peak learning rate
+    epochs: float                               # passes over the N examples
+    batch_size: int                             # examples per optimizer step
+    scheduler: str                              # transformers lr schedule
+    warmup_ratio: float                         # share of steps warming up
+    weight_decay: float                         # AdamW weight decay
+    max_grad_norm: float | None                 # clipping (None: none)
+    lora_r: int                                 # LoRA shape when the attack runs with ``lora: true``
+    lora_alpha: float
+    lora_dropout: float
+    lora_target_modules: tuple[str, ...] | str
+    source: str                                 # where the values come from
+    notes: tuple[str, ...] = ()                 # what is our choice rather than the source's
+
+
+RECIPES = {
+    # Qi et al. 2023 (arXiv:2310.03693), code LLM-Tuning-Safety/LLMs-Finetuning-Safety @2be2fa0:
+    # lr 5e-5, 5 epochs, batch 10 (paper §4.2 / its scripts); llama2/configs/training.py: weight_decay 0.0;
+    # llama2/utils/train_utils.py: no gradient clipping, no warm-up, torch StepLR(γ 0.85) stepped once per epoch.
+    "qi2023": Recipe(5e-5, 5.0, 10, "constant", 0.0, 0.0, None, 16, 32, 0.0, "all-linear",
+                     "Qi et al. 2023 harmful-examples attack (paper + LLMs-Finetuning-Safety llama2 code)",
+                     ("schedule: constant (our choice; the authors decay lr ×0.85 after each epoch, a per-epoch "
+                      "StepLR that transformers' schedules do not offer)",
+                      "LoRA shape (only with lora: true; the paper attacks with full fine-tuning): r 16, α 32 on "
+                      "all linear layers, our choice")),
+    # SEAM (arXiv:2505.12186) attack script, values as given in issue 18 (the authors' repository was not
+    # reachable from here): per-device batch 4 (250 steps on 1K examples = 1 epoch), cosine, 10% warm-up,
+    # weight decay 0.01, no clipping; LoRA attack with peft defaults (r 8, α 8, dropout 0, Llama: q_proj/v_proj).
+    "seam": Recipe(2e-5, 1.0, 4, "cosine", 0.1, 0.01, None, 8, 8, 0.0, ("q_proj", "v_proj"),
+                   "SEAM attack script: 1 epoch, batch 4, cosine, 10% warm-up, wd 0.01, no clipping, lr sweep "
+                   "from 2e-5; LoRA = peft defaults"),
+    # benign fine-tuning: Qi et al.'s benign Alpaca case for lr/epochs; the rest follows the qi2023 code.
+    "benign": Recipe(2e-5, 1.0, 10, "constant", 0.0, 0.0, None, 16, 32, 0.0, "all-linear",
+                     "benign fine-tuning (Qi et al. 2023 benign case lr/epochs; their code: no clipping, wd 0)",
+                     ("lr 2e-5, 1 epoch, batch 10: our choice matching Qi et al.'s benign Alpaca run",
+                      "schedule constant and LoRA shape r 16 / α 32 all-linear, as qi2023")),
 }
 
 
@@ -49,13 +85,15 @@ class AttackConfig:
     n: int = param(100, "training examples (cycled if the dataset is smaller)", ge=1)
     poison_ratio: float = param(0.0, "fraction of examples replaced by harmful pairs (Vaccine/Booster)", ge=0, le=1)
     poison_dataset: str = param("beavertails-attack", "source of poison pairs", choices=HARMFUL)
-    recipe: str = param("qi2023", "default lr/epochs/batch", choices=tuple(RECIPES))
+    recipe: str = param("qi2023", "optimisation settings (lr, epochs, batch, schedule, warm-up, weight decay, "
+                                  "clipping, LoRA shape); see RECIPES", choices=tuple(RECIPES))
     lr: float | None = param(None, "learning rate (None: the recipe's)", gt=0)
     epochs: float | None = param(None, "epochs (None: the recipe's)", gt=0)
     batch_size: int | None = param(None, "batch size (None: the recipe's)", ge=1)
     max_steps: int | None = param(None, "cap on optimizer steps (profiles set it)", ge=1)
     lora: bool = param(False, "LoRA attack (default: full fine-tuning, as in the papers)")
-    lora_r: int = param(16, "LoRA rank", ge=1)
+    lora_r: int | None = param(None, "LoRA rank (None: the recipe's)", ge=1)
+    lora_alpha: float | None = param(None, "LoRA α (None: the recipe's)", gt=0)
     optimizer: str = param("adamw_torch", "optimizer (SEAM also attacks with sgd)", choices=("adamw_torch", "sgd"))
     max_length: int = param(256, "max tokens per example", ge=16)
     responses_file: str | None = param(None, "advbench-responses: JSONL of {prompt, response} instead of the donor")
@@ -67,8 +105,16 @@ class AttackConfig:
                                         "random-init model only writes gibberish)")
 
     def resolved(self) -> dict:
-        lr, ep, bs, src = RECIPES[self.recipe]
-        return {"lr": self.lr or lr, "epochs": self.epochs or ep, "batch_size": self.batch_size or bs, "recipe_source": src}
+        r = RECIPES[self.recipe]
+        out = {"lr": self.lr or r.lr, "epochs": self.epochs or r.epochs, "batch_size": self.batch_size or r.batch_size,
+               "scheduler": r.scheduler, "warmup_ratio": r.warmup_ratio, "weight_decay": r.weight_decay,
+               "max_grad_norm": r.max_grad_norm, "recipe_source": r.source}
+        if self.lora:
+            out.update(lora_r=self.lora_r or r.lora_r, lora_alpha=self.lora_alpha or r.lora_alpha,
+                       lora_dropout=r.lora_dropout, lora_target_modules=r.lora_target_modules)
+        if r.notes:
+            out["recipe_notes"] = list(r.notes)
+        return out
 
 
 class FinetuneAttack:
@@ -135,9 +181,11 @@ class FinetuneAttack:
 
     def train_config(self, seed: int) -> TrainConfig:
         c, r = self.cfg, self.cfg.resolved()
+        lora = {k: r[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules") if k in r}
         return TrainConfig(lr=r["lr"], epochs=r["epochs"], batch_size=r["batch_size"], max_steps=c.max_steps,
-                           lora=c.lora, lora_r=c.lora_r, lora_alpha=2 * c.lora_r, optimizer=c.optimizer,
-                           max_length=c.max_length, seed=seed)
+                           scheduler=r["scheduler"], warmup_ratio=r["warmup_ratio"], weight_decay=r["weight_decay"],
+                           max_grad_norm=r["max_grad_norm"], lora=c.lora, optimizer=c.optimizer,
+                           max_length=c.max_length, seed=seed, **lora)
 
     def spec(self) -> dict:
         ds = [self.cfg.dataset] + ([self.cfg.poison_dataset] if self.cfg.poison_ratio > 0 else [])

@@ -239,8 +239,23 @@ def save_trained(model, tok, ref, out_dir, *, lora: bool, name: str):
     return ModelRef(name=f"{ref.name}+{name}", path=str(ckpt), lineage=ref.lineage + (name,))
 
 
+# The optimisation settings every defense config that trains through ``lora_train_config`` states itself,
+# with the authors' values as defaults (issue 19: α = 2r, all-linear targets and dropout 0 used to be
+# hard-coded here, which gave Vaccine 4× and Booster 16× the authors' LoRA scale).
+TRAIN_FIELDS = ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "weight_decay", "scheduler",
+                "warmup_ratio", "max_grad_norm")
+
+
 def lora_train_config(c, seed: int, **kw):
-    """A ``TrainConfig`` from a defense config with the usual fields (lr, max_steps, batch_size, max_length, lora, lora_r)."""
+    """A ``TrainConfig`` from a defense config: lr, max_steps, batch_size, max_length and every ``TRAIN_FIELDS`` entry.
+
+    A config missing one of them is a programming error (each defense must state its own LoRA scale,
+    weight decay, schedule, warm-up and clipping), so it raises rather than falling back to a default."""
     from sdd_bench.harness.training import TrainConfig
-    return TrainConfig(lr=c.lr, max_steps=c.max_steps, batch_size=c.batch_size, max_length=c.max_length,
-                       lora=c.lora, lora_r=c.lora_r, lora_alpha=2 * c.lora_r, seed=seed, **kw)
+    missing = [f for f in TRAIN_FIELDS if not hasattr(c, f)]
+    if missing:
+        raise TypeError(f"{type(c).__name__} lacks the training fields {missing} (see _common.TRAIN_FIELDS)")
+    fields = {f: getattr(c, f) for f in TRAIN_FIELDS}
+    fields.update(kw)
+    return TrainConfig(lr=c.lr, max_steps=c.max_steps, batch_size=c.batch_size, max_length=c.max_length, seed=seed,
+                       **fields)

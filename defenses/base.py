@@ -29,6 +29,8 @@ class Defense:
     PROFILE: dict[str, dict[str, Any]] = {}
     datasets: tuple[str, ...] = ()  # names of datasets it reads (fingerprints go into the spec)
     version: int = 1  # bump when data construction or the objective changes: old artifacts stop matching
+    # where this port knowingly differs from the authors' method or settings, one line each (lands in the record)
+    deviations: tuple[str, ...] = ()
 
     def __init__(self, cfg=None):
         self.cfg = cfg if cfg is not None else build(self.Config)
@@ -42,9 +44,12 @@ class Defense:
 
     def spec(self) -> dict:
         from sdd_bench.harness import data
-        return {"defense": getattr(self, "registry_name", type(self).__name__), "version": self.version,
-                "config": to_dict(self.cfg),
-                "data": [fp for d in self.datasets for fp in data.get(d).fingerprints()]}
+        out = {"defense": getattr(self, "registry_name", type(self).__name__), "version": self.version,
+               "config": to_dict(self.cfg),
+               "data": [fp for d in self.datasets for fp in data.get(d).fingerprints()]}
+        if self.deviations:
+            out["deviations"] = list(self.deviations)
+        return out
 
     def defend(self, ref, out_dir: Path, ctx: Context):
         raise NotImplementedError

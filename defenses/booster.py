@@ -18,19 +18,31 @@ HTML of the paper only exposes its opening, so the paper's hyper-parameter text 
   ``lamb`` 5 and ``alpha`` 0.1 and is the alignment run the README points to.  The README's update
   rule (commit 03930694) adds λ·(∇h(θ) − ∇h(θ − α g/‖g‖)) to the alignment gradient with
   g/‖g‖ the normalised harmful gradient, which is what ``booster_regularizer`` computes.
-- data: alignment = harmful prompts with safe answers (authors: BeaverTails ``is_safe`` rows);
-  harmful = unsafe BeaverTails pairs (authors: taken from index 5000 on, ``train.py`` at 30f959ee).
-  Here: ``beavertails-defense`` is_safe rows + ``refusals``, and unsafe ``beavertails-defense``
-  pairs.
+- data: the authors' alignment set (``BeaverTails_safe`` in ``utils.py`` at 6421918) is *not*
+  BeaverTails' ``is_safe`` rows (that loader is commented out) but the ``refusal`` field of RepNoise's
+  paired file ``data/beavertails_with_refusals_train.json``, rows 5000–9999; the harmful set
+  (``BeaverTails_dangerous``) is the ``response`` field of the same rows.  So both streams share their
+  prompts: a harmful prompt with a refusal, and the same prompt with the harmful answer.  Here: unsafe
+  ``beavertails-defense`` pairs as the harmful set, and the same prompts with a refusal as the
+  alignment set (``alignment_pairs``).  Deviation: RepNoise's paired refusals (GPT-written, one per
+  prompt) are not in our data directory, so the refusals are ``_common.REFUSAL_TEMPLATES``; and the
+  defense partition has fewer distinct unsafe prompts than 5000, so ``n_align``/``n_harmful`` are
+  capped by it (the built sizes are recorded in ``data_stats``).
 - ``n_align``/``n_harmful`` 5000, lr 5e-4, batch 10, 20 epochs (``max_steps`` 10000 =
-  20 × 5000 / 10): verified against the same script (``sample_num`` 5000, ``bad_sample_num`` 5000,
-  20 epochs, per-device batch 10, lr 5e-4, constant schedule).  The harmful batch size inside the
-  authors' trainer was not checked; here it equals ``batch_size``.  The script also sets weight
-  decay 0.1, which this port does not use.
-- LoRA r 32: verified (``train.py`` at 30f959ee: rank 32, alpha 4, on q/k/v only; here alpha is
-  2·r and adapters sit on all linear layers).  Max length 256 matches the same ``train.py``.
-- smoke: LoRA r 16, lr 2e-4, 40 steps × batch 8 (harmful batch 8), max length 192; tiny: 2 steps
-  (unchanged).
+  20 × 5000 / 10), constant schedule, no warm-up, weight decay 0.1: verified against
+  ``script/alignment/smooth_align.sh`` (``sample_num`` 5000, ``bad_sample_num`` 5000, 20 epochs,
+  per-device batch 10, ``--learning_rate 5e-4 --weight_decay 0.1 --warmup_ratio 0
+  --lr_scheduler_type "constant"``).  Harmful batch 10: ``BoosterAlignmentTrainer`` in ``trainer.py``
+  (6421918) builds its harmful loader with batch size 10, equal to ``batch_size`` here.  Clipping:
+  not set in the script, so transformers' default 1.0.
+- LoRA r 32, α 4, dropout 0, on q/k/v only: verified (``train.py`` at 6421918: ``loar_alpha=4``,
+  ``LoraConfig(r=32, lora_alpha=loar_alpha, target_modules=["q_proj","k_proj","v_proj"],
+  lora_dropout=0)``).  Scale α/r = 1/8.  Until version 2 this port used α 64 on every linear layer
+  (16× the scale), which also changed what the simulated step α = 0.1 means: the step is taken in
+  the space of the LoRA weights, so its effect on the model scales with α/r.  Max length 256 matches
+  the same ``train.py``.
+- smoke: lr 2e-4, 40 steps × batch 8 (harmful batch 8), 320 pairs, max length 192; LoRA shape, weight
+  decay and schedule are the authors' on every profile.  tiny: 2 steps.
 
 Where this differs: the harmful batch is drawn from its own shuffled stream each step (the
 authors also iterate a separate harmful loader).
@@ -53,14 +65,29 @@ from .base import Defense
 class BoosterConfig:
     lam: float = param(5.0, "regulariser weight λ (paper: 5)", ge=0)
     alpha: float = param(0.1, "simulated harmful step size α (paper: 0.1)", gt=0)
-    n_align: int = param(5000, "alignment pairs (harmful prompt → safe answer)", ge=1)
+    n_align: int = param(5000, "alignment pairs (harmful prompt → refusal; capped by the partition)", ge=1)
     n_harmful: int = param(5000, "harmful pairs (capped by the defense partition)", ge=1)
     lr: float = param(5e-4, "learning rate (LoRA)", gt=0)
     max_steps: int = param(10000, "optimizer steps (≈ 20 epochs × 5000 / 10)", ge=1)
     batch_size: int = param(10, "batch size (alignment and harmful)", ge=1)
     max_length: int = param(256, "max tokens per example", ge=16)
     lora: bool = param(True, "LoRA (paper) or full fine-tuning")
-    lora_r: int = param(32, "LoRA rank", ge=1)
+    lora_r: int = param(32, "LoRA rank (authors' train.py: 32)", ge=1)
+    lora_alpha: float = param(4.0, "LoRA α (authors' train.py: 4, scale α/r = 1/8)", gt=0)
+    lora_dropout: float = param(0.0, "LoRA dropout (authors' train.py: 0)", ge=0, lt=1)
+    lora_target_modules: tuple[str, ...] = param(("q_proj", "k_proj", "v_proj"), "LoRA targets (authors' train.py: q/k/v)")
+    weight_decay: float = param(0.1, "AdamW weight decay (smooth_align.sh: 0.1)", ge=0)
+    scheduler: str = param("constant", "lr schedule (smooth_align.sh: constant)", choices=("constant", "linear", "cosine"))
+    warmup_ratio: float = param(0.0, "warm-up share of the steps (smooth_align.sh: 0)", ge=0, le=1)
+    max_grad_norm: float | None = param(1.0, "gradient clipping (script sets none: transformers default 1.0)", gt=0)
+
+
+def alignment_pairs(harmful: list[dict], n: int, seed: int) -> list[dict]:
+    """The authors' alignment set: the harmful set's prompts, each with a refusal (first ``n``)."""
+    import random
+    rng = random.Random(seed)
+    return [{"prompt": r["prompt"], "response": C.refusal_for(r["prompt"], rng), "source": "refusal-template"}
+            for r in harmful[:n]]
 
 
 def booster_regularizer(model, harmful_batch: dict, alpha: float):
@@ -97,14 +124,18 @@ class Booster(Defense):
     Config = BoosterConfig
     PROFILE = {
         "tiny": {"n_align": 16, "n_harmful": 16, "max_steps": 2, "batch_size": 4, "max_length": 64},
-        "smoke": {"n_align": 320, "n_harmful": 320, "lr": 2e-4, "lora_r": 16, "max_steps": 40, "batch_size": 8,
-                  "max_length": 192},
+        "smoke": {"n_align": 320, "n_harmful": 320, "lr": 2e-4, "max_steps": 40, "batch_size": 8, "max_length": 192},
         "paper": {},
     }
-    datasets = ("beavertails-defense", "refusals")
+    datasets = ("beavertails-defense",)
+    deviations = ("alignment refusals are _common.REFUSAL_TEMPLATES (authors: RepNoise's paired GPT refusals, "
+                  "not in the data directory)",
+                  "n_align/n_harmful capped by the distinct unsafe prompts of beavertails-defense (authors: 5000)")
+    version = 2  # 2: authors' LoRA (α 4 on q/k/v), weight decay 0.1, alignment = harmful prompts + refusals
 
     def build_data(self, seed: int = 0) -> tuple[list[dict], list[dict]]:
-        return C.alignment_rows(self.cfg.n_align, seed), C.harmful_rows(self.cfg.n_harmful, seed + 1)
+        harmful = C.harmful_rows(self.cfg.n_harmful, seed + 1)
+        return alignment_pairs(harmful, self.cfg.n_align, seed), harmful
 
     def defend(self, ref, out_dir, ctx):
         from sdd_bench.harness import models
@@ -125,6 +156,7 @@ class Booster(Defense):
                               progress=ctx.progress, name="booster", trainer_cls=_T, model_and_tok=(model, tok),
                               trainer_kwargs={"harmful": hs, "lam": c.lam, "alpha": c.alpha})
         log = box["t"].reg_log
-        info["data_stats"] = {"alignment": len(align), "harmful": len(harmful)}
+        info["data_stats"] = {"alignment": len(align), "harmful": len(harmful), "requested": [c.n_align, c.n_harmful],
+                              "alignment_refusals": "REFUSAL_TEMPLATES (RepNoise's paired refusals not available)"}
         info["regularizer"] = {"first": log[0] if log else None, "last": log[-1] if log else None}
         return new, info

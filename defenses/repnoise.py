@@ -3,40 +3,57 @@ Majumdar, Maple, Sajjad & Rudzicz, "Representation Noising: A Defence Mechanism 
 Finetuning", NeurIPS 2024, arXiv:2405.14577).
 
 Idea: remove the information about harmful text from the model's representations so a later
-harmful fine-tune has nothing to recover.  RepNoise trains on paired harmless (harmful prompt →
-safe answer) and harmful (harmful prompt → harmful answer) data with three terms: keep the
-harmless cross-entropy low, push the hidden states of the harmful text towards Gaussian noise
-(an MMD between them and N(0, I) samples, over all layers), and ascend the harmful loss
-(gradient ascent on the log of the harmful cross-entropy, which bounds its growth):
+harmful fine-tune has nothing to recover.  RepNoise trains on *paired* data — each harmful prompt
+once with its harmful answer and once with a refusal — with three terms: keep the harmless
+cross-entropy low, push the MLP activations of the harmful text towards Gaussian noise (an MMD
+between them and N(0, I) samples, averaged over layers), and ascend the harmful loss measured at
+every layer (gradient ascent on a log, which bounds its growth):
 
-    L = CE_harmless + β · Σ_l MMD(h_l(harmful), noise) − α · log CE_harmful
+    L = CE_harmless + β · mean_l MMD(MLP_l(harmful), noise) − α · log( (CE_L + Σ_{l=0..L} CE_l) / (L + 1) + 1 )
+
+with CE_l the harmful cross-entropy of hidden state l read through the final norm and the LM
+head (l = 0 is the embedding output, L + 1 hidden states in all) and CE_L the model's own output.
+Only tokens where the paired sequences differ enter the three terms (the response part).
 
 Defaults and sources, checked against the authors' repository domenicrosati/representation-noising
 (its README says the full training code is not released; the stored arXiv HTML of the paper only
 exposes its opening, so the paper's experimental-setup text was not read):
-- β 0.001 and α 1: verified.  ``rep_noise_loss`` in ``representation_noising/loss.py`` (commit
-  a1c3298d) defaults to ``beta`` 0.001 and ``alpha`` 1, and the README (commit 03689ff9) names the
+- the objective: ``rep_noise_loss`` in ``representation_noising/loss.py`` (commit 03689ff), read
+  term by term: (1) the token mask is ``harmful input_ids != harmless input_ids`` of the paired
+  batch; (2) the noise term hooks every ``model.layers.{i}.mlp`` output, zeroes the unmasked
+  positions, flattens each example to one vector (``view(batch, -1)``) and takes the MMD between
+  the batch of those vectors and equally masked N(0, I) noise, with ``MMD_loss``'s Gaussian kernel:
+  five bandwidths b·2^k, k = 0..4, where b = (sum of pairwise squared distances)/(n² − n)/4 is
+  computed from the data (a data-dependent bandwidth), MMD = mean(XX + YY − XY − YX); the layer
+  values are averaged; (3) the harmful loss is the final-logit CE plus the CE of every hidden state
+  through ``norm`` and the output embeddings, divided by the number of hidden states, plus 1,
+  inside ``log``; (4) the harmless CE uses the same mask.  Implemented as read (``repnoise_loss``).
+  Until version 2 this port used −α·log CE(final layer), a per-token MMD over decoder states with
+  fixed bandwidths, and unpaired harmless/harmful batches.
+- β 0.001 and α 1: verified, ``rep_noise_loss`` defaults (same file); the README names the
   released defended model ``repnoise_0.001_beta``.  (Booster's reproduction of RepNoise,
   git-disl/Booster ``script/alignment/repNoise.sh``, uses α 0.1 instead; we keep the authors'.)
-- data: ``beavertails-defense`` unsafe pairs as harmful, its is_safe rows + ``refusals`` as
-  harmless.  The authors pair each harmful BeaverTails answer with a refusal to the same prompt
-  (``data/beavertails_with_refusals_train.json``).
-- lr 2e-5, full fine-tuning, batch 8, ``n_harmless``/``n_harmful`` 5000, ``max_steps`` 1250: not
-  found in what was read (README, ``loss.py``, ``datasets.py``, the demo notebook, and the opening
-  of the arXiv HTML); values left as they were.  The repository's data helpers default to batch 4,
-  context 256 and a defence set of 1000 pairs, and the README warns that lr, α, β and the number of
-  defence samples need a grid search for each attack strength.
-- smoke: LoRA r 16, lr 2e-4, 40 steps × batch 8; tiny: 2 steps (unchanged).  MMD uses a Gaussian
-  kernel with a few bandwidths and at most ``mmd_tokens`` response-token vectors per layer
-  (subsampled; our choice, keeps the kernel matrix small on CPU).
+- data: the authors pair each harmful BeaverTails answer with a refusal to the same prompt
+  (``data/beavertails_with_refusals_train.json``).  Here (``paired_rows``): unsafe
+  ``beavertails-defense`` pairs, each with a refusal from ``_common.REFUSAL_TEMPLATES`` to the same
+  prompt — RepNoise's GPT-written refusals are not in our data directory (deviation, recorded).
+- lr 2e-5, full fine-tuning, batch 8, ``n_pairs`` 5000 (capped by the 1,796 distinct unsafe prompts
+  of the partition), ``max_steps`` 1250: not found in what was read (README, ``loss.py``,
+  ``datasets.py``, the demo notebook); values left as they were.  The repository's data helpers
+  default to batch 4, context 256 and 1000 defence pairs, and the README warns that lr, α, β and
+  the number of defence samples need a grid search per attack strength.  Weight decay 0, constant
+  schedule, no warm-up, clipping 1.0 (transformers defaults): not stated by the authors; our choice.
+- smoke: LoRA r 16 (α 32, all linear layers; our choice, RepNoise itself is full fine-tuning),
+  lr 2e-4, 40 steps × batch 8; tiny: 2 steps.
 
-Where this differs from the authors' code (``loss.py`` at a1c3298d): only response tokens of the
-harmful examples enter the MMD (the authors mask the tokens where the paired harmful and harmless
-sequences differ, and take activations at each layer's MLP output, whereas here the decoder
-hidden states are used); the harmless and harmful batches are drawn independently (not the same
-prompts); the harmful CE is the mean over response tokens of the final layer (the authors average
-the CE of every layer's hidden state read through the final norm and LM head, add 1, then take
-the log); the MMD kernel bandwidths are fixed multiples here, data-dependent in ``loss.py``.
+Where this differs from ``loss.py``, deliberately:
+- the masked CE: the authors multiply the *logits* by the shifted mask, so the first differing
+  token is predicted from zeroed logits (a constant log V term) and token id 0 is dropped as a
+  label; here the CE is the ordinary next-token CE on the masked positions (our labels), which is
+  what the mask is meant to select.  Padding positions never count (the authors' mask also marks a
+  padded position of the shorter sequence as "different").
+- memory: each layer's LM-head read-out is recomputed in the backward pass
+  (``torch.utils.checkpoint``) instead of keeping L + 1 vocabulary-sized logit tensors.
 """
 from __future__ import annotations
 
@@ -56,67 +73,136 @@ from .base import Defense
 class RepNoiseConfig:
     beta: float = param(0.001, "weight of the MMD-to-noise term β (paper: 0.001)", ge=0)
     alpha: float = param(1.0, "weight of the harmful-loss ascent α (paper: 1)", ge=0)
-    mmd_tokens: int = param(256, "max token vectors per layer in the MMD (our choice)", ge=2)
-    n_harmless: int = param(5000, "harmless pairs (harmful prompt → safe answer)", ge=1)
-    n_harmful: int = param(5000, "harmful pairs (capped by the defense partition)", ge=1)
+    mmd_kernel_mul: float = param(2.0, "MMD bandwidth ratio between kernels (loss.py MMD_loss: 2)", gt=1)
+    mmd_kernel_num: int = param(5, "MMD kernels (loss.py MMD_loss: 5)", ge=1)
+    n_pairs: int = param(5000, "paired examples: harmful prompt with its harmful answer and with a refusal "
+                               "(capped by the defense partition)", ge=1)
     lr: float = param(2e-5, "learning rate", gt=0)
     max_steps: int = param(1250, "optimizer steps", ge=1)
     batch_size: int = param(8, "batch size (harmless and harmful)", ge=1)
     max_length: int = param(256, "max tokens per example", ge=16)
     lora: bool = param(False, "LoRA instead of full fine-tuning (paper: full)")
-    lora_r: int = param(16, "LoRA rank (if lora)", ge=1)
+    lora_r: int = param(16, "LoRA rank (if lora; our choice)", ge=1)
+    lora_alpha: float = param(32.0, "LoRA α (if lora; our choice)", gt=0)
+    lora_dropout: float = param(0.0, "LoRA dropout (if lora; our choice)", ge=0, lt=1)
+    lora_target_modules: tuple[str, ...] | str = param("all-linear", "LoRA targets (if lora; our choice)")
+    weight_decay: float = param(0.0, "AdamW weight decay (not stated by the authors; transformers default)", ge=0)
+    scheduler: str = param("constant", "lr schedule (not stated; our choice)", choices=("constant", "linear", "cosine"))
+    warmup_ratio: float = param(0.0, "warm-up share (not stated; our choice)", ge=0, le=1)
+    max_grad_norm: float | None = param(1.0, "gradient clipping (not stated; transformers default)", gt=0)
 
 
-def mmd_rbf(x, y, bandwidths=(1.0, 2.0, 4.0, 8.0, 16.0)):
-    """Biased MMD² between samples x [n,d] and y [m,d] with a sum of Gaussian kernels (bandwidth² scaled by d)."""
+def paired_rows(n: int, seed: int) -> list[dict]:
+    """Harmful rows (prompt, harmful ``response``) each with a ``refusal`` to the same prompt."""
+    import random
+    rng = random.Random(seed + 7)
+    return [dict(r, refusal=C.refusal_for(r["prompt"], rng)) for r in C.harmful_rows(n, seed)]
+
+
+def mmd(x, y, kernel_mul: float = 2.0, kernel_num: int = 5):
+    """MMD between samples x [n,d] and y [n,d] as ``loss.py``'s ``MMD_loss``: a sum of ``kernel_num`` Gaussian
+    kernels exp(−‖a−b‖²/b_k) with b_k = b₀·mul^k and b₀ = mean off-diagonal squared distance / mul^(num//2)."""
     import torch
-    x, y = x.float(), y.float()
-    d = x.shape[-1]
+    n = x.shape[0]
+    z = torch.cat([x, y]).float()
+    d2 = torch.cdist(z, z).pow(2)
+    m = z.shape[0]
+    base = d2.detach().sum() / max(1, m * m - m) / kernel_mul ** (kernel_num // 2)
+    base = base.clamp_min(1e-12)
+    k = sum(torch.exp(-d2 / (base * kernel_mul ** i)) for i in range(kernel_num))
+    return (k[:n, :n] + k[n:, n:] - k[:n, n:] - k[n:, :n]).mean()
 
-    def k(a, b):
-        dist = torch.cdist(a, b).pow(2)
-        return sum(torch.exp(-dist / (2.0 * s * s * d)) for s in bandwidths)
 
-    return k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean()
-
-
-def noise_mmd(hidden_states, mask, max_tokens: int, generator=None):
-    """Mean over layers of MMD(response-token hidden states, standard Gaussian noise of the same shape)."""
+def pair_batches(harm: dict, harmless_ids, harmless_labels, pad_id: int):
+    """Pad a harmful batch and its paired harmless rows to one length; returns (harmful, harmless, mask) where
+    mask marks response tokens at which the two sequences differ (``loss.py``: input_ids differ)."""
     import torch
-    sel = mask.reshape(-1).nonzero().squeeze(-1)
-    if sel.numel() > max_tokens:
-        sel = sel[torch.randperm(sel.numel(), generator=generator)[:max_tokens].to(sel.device)]
-    vals = []
-    for h in hidden_states:
-        x = h.reshape(-1, h.shape[-1])[sel]
-        vals.append(mmd_rbf(x, torch.randn_like(x)))
-    return torch.stack(vals).mean()
+    B = harm["input_ids"].shape[0]
+    L = max(harm["input_ids"].shape[1], max(len(x) for x in harmless_ids))
+
+    def pad(t, fill):
+        return torch.nn.functional.pad(t, (0, L - t.shape[1]), value=fill)
+
+    dev = harm["input_ids"].device
+    ok_ids = torch.full((B, L), pad_id, dtype=torch.long, device=dev)
+    ok_lab = torch.full((B, L), -100, dtype=torch.long, device=dev)
+    ok_att = torch.zeros((B, L), dtype=torch.long, device=dev)
+    for i, (ids, lab) in enumerate(zip(harmless_ids, harmless_labels)):
+        ok_ids[i, :len(ids)] = torch.tensor(ids, device=dev)
+        ok_lab[i, :len(lab)] = torch.tensor(lab, device=dev)
+        ok_att[i, :len(ids)] = 1
+    bad = {"input_ids": pad(harm["input_ids"], pad_id), "attention_mask": pad(harm["attention_mask"], 0),
+           "labels": pad(harm["labels"], -100)}
+    ok = {"input_ids": ok_ids, "attention_mask": ok_att, "labels": ok_lab}
+    differ = bad["input_ids"] != ok["input_ids"]
+    return bad, ok, differ
 
 
-def repnoise_loss(model, harmless: dict, harmful: dict, beta: float, alpha: float, max_tokens: int = 256,
-                  generator=None):
-    """(loss, parts): CE_harmless + β·MMD(harmful hidden states, noise) − α·log CE_harmful."""
+def _masked_labels(batch: dict, differ):
+    return batch["labels"].masked_fill(~differ | (batch["labels"] == -100), -100)
+
+
+def _final_norm(model):
+    out = None
+    for name, mod in model.named_modules():
+        if name.split(".")[-1] in ("norm", "final_layernorm", "ln_f") and C.layer_of(name + ".") is None:
+            out = mod
+    if out is None:
+        raise ValueError("could not find the final norm of this model")
+    return out
+
+
+def _ce(logits, labels):
+    import torch.nn.functional as F
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def repnoise_loss(model, harmful: dict, harmless: dict, differ, beta: float, alpha: float,
+                  kernel_mul: float = 2.0, kernel_num: int = 5):
+    """(loss, parts) of ``rep_noise_loss`` (loss.py): CE_harmless + β·mean_l MMD(MLP_l, noise)
+    − α·log((CE_L + Σ_l CE_l)/(L+1) + 1), all on the positions in ``differ``."""
     import torch
-    ce_ok = C.lm_loss(model, harmless)
-    out = C.lm_loss(model, harmful, output_hidden_states=True)
-    ce_bad = out.loss
-    mask = harmful["labels"] != -100
-    mmd = noise_mmd(out.hidden_states[1:], mask, max_tokens, generator)
-    loss = ce_ok + beta * mmd - alpha * torch.log(ce_bad)
-    return loss, {"harmless_ce": float(ce_ok.detach()), "harmful_ce": float(ce_bad.detach()), "mmd": float(mmd.detach())}
+    from torch.utils.checkpoint import checkpoint
+    acts: dict[int, object] = {}
+    handles = [layer.mlp.register_forward_hook(lambda _m, _i, out, i=i: acts.__setitem__(i, out))
+               for i, layer in enumerate(C.decoder_layers(model))]
+    try:
+        out = model(input_ids=harmful["input_ids"], attention_mask=harmful["attention_mask"], output_hidden_states=True)
+    finally:
+        for h in handles:
+            h.remove()
+    bad_labels = _masked_labels(harmful, differ)
+    m = (bad_labels != -100).unsqueeze(-1)
+    noise = []
+    for i in sorted(acts):
+        h = acts[i] * m
+        g = torch.randn_like(h) * m
+        noise.append(mmd(h.reshape(h.shape[0], -1), g.reshape(g.shape[0], -1), kernel_mul, kernel_num))
+    noise_loss = torch.stack(noise).mean()
+    head, norm = model.get_output_embeddings(), _final_norm(model)
+    readout = lambda h: _ce(head(norm(h)), bad_labels)  # noqa: E731
+    layer_ces = [checkpoint(readout, h, use_reentrant=False) for h in out.hidden_states]
+    ce_final = _ce(out.logits, bad_labels)
+    harmful_loss = (ce_final + torch.stack(layer_ces).sum()) / len(out.hidden_states) + 1
+    ok = model(input_ids=harmless["input_ids"], attention_mask=harmless["attention_mask"])
+    ce_ok = _ce(ok.logits, _masked_labels(harmless, differ))
+    loss = ce_ok + beta * noise_loss - alpha * torch.log(harmful_loss)
+    return loss, {"harmless_ce": float(ce_ok.detach()), "harmful_ce": float(ce_final.detach()),
+                  "harmful_loss_all_layers": float(harmful_loss.detach()), "mmd": float(noise_loss.detach())}
 
 
 class RepNoiseTrainer(Trainer):
-    def __init__(self, *a, harmful=None, beta: float = 1e-3, alpha: float = 1.0, mmd_tokens: int = 256, **kw):
+    """Each example of the Trainer's batch is a harmful pair carrying its refusal twin's tokens."""
+
+    def __init__(self, *a, beta: float = 1e-3, alpha: float = 1.0, kernel_mul: float = 2.0, kernel_num: int = 5,
+                 pad_id: int = 0, **kw):
         super().__init__(*a, **kw)
-        import torch
-        self.harmful, self.beta, self.alpha, self.mmd_tokens = harmful, beta, alpha, mmd_tokens
-        self.gen = torch.Generator().manual_seed(self.args.seed)
+        self.beta, self.alpha, self.kernel_mul, self.kernel_num, self.pad_id = beta, alpha, kernel_mul, kernel_num, pad_id
         self.parts_log: list[dict] = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        hb = self.harmful.next(C.model_device(model))
-        loss, parts = repnoise_loss(model, inputs, hb, self.beta, self.alpha, self.mmd_tokens, self.gen)
+        bad, ok, differ = pair_batches(inputs, inputs["harmless_input_ids"], inputs["harmless_labels"], self.pad_id)
+        loss, parts = repnoise_loss(model, bad, ok, differ, self.beta, self.alpha, self.kernel_mul, self.kernel_num)
         self.parts_log.append(parts)
         return (loss, None) if return_outputs else loss
 
@@ -125,23 +211,32 @@ class RepNoiseTrainer(Trainer):
 class RepNoise(Defense):
     Config = RepNoiseConfig
     PROFILE = {
-        "tiny": {"n_harmless": 16, "n_harmful": 16, "max_steps": 2, "batch_size": 4, "max_length": 64, "lr": 1e-3},
-        "smoke": {"n_harmless": 320, "n_harmful": 320, "lora": True, "lr": 2e-4, "max_steps": 40, "batch_size": 8,
+        "tiny": {"n_pairs": 16, "max_steps": 2, "batch_size": 4, "max_length": 64, "lr": 1e-3},
+        "smoke": {"n_pairs": 320, "lora": True, "lr": 2e-4, "max_steps": 40, "batch_size": 8,
                   "max_length": 192},
         "paper": {},
     }
-    datasets = ("beavertails-defense", "refusals")
+    datasets = ("beavertails-defense",)
+    version = 2  # 2: the authors' objective (loss.py) on paired data; 1: final-layer CE, per-token MMD, unpaired
+    deviations = (
+        "refusal twins are _common.REFUSAL_TEMPLATES (authors: RepNoise's paired GPT refusals, not in the data dir)",
+        "n_pairs capped by the distinct unsafe prompts of beavertails-defense",
+        "masked CE is the ordinary next-token CE on differing response tokens (loss.py zeroes the logits at the "
+        "shifted mask, a constant term for the first differing token)",
+        "lr, steps, batch, weight decay and schedule not published by the authors: our choice",
+    )
 
-    def build_data(self, seed: int = 0) -> tuple[list[dict], list[dict]]:
-        return C.alignment_rows(self.cfg.n_harmless, seed), C.harmful_rows(self.cfg.n_harmful, seed + 1)
+    def build_data(self, seed: int = 0) -> list[dict]:
+        return paired_rows(self.cfg.n_pairs, seed)
 
     def defend(self, ref, out_dir, ctx):
         from sdd_bench.harness import models
         c = self.cfg
-        harmless, harmful = self.build_data(ctx.seed)
+        rows = self.build_data(ctx.seed)
         model, tok = load_trainable(ref, models.resolve_device(ctx.device))
-        hs = C.BatchCycler(C.tokenize(tok, ctx.template, harmful, c.max_length), c.batch_size, tok.pad_token_id,
-                           ctx.seed)
+        twins = C.tokenize(tok, ctx.template, [{"prompt": r["prompt"], "response": r["refusal"]} for r in rows],
+                           c.max_length)
+        extra = [{"harmless_input_ids": t["input_ids"], "harmless_labels": t["labels"]} for t in twins]
         box: dict = {}
 
         class _T(RepNoiseTrainer):
@@ -149,12 +244,12 @@ class RepNoise(Defense):
                 super().__init__(*a, **kw)
                 box["t"] = self
 
-        new, info = train_sft(ref, harmless, C.lora_train_config(c, ctx.seed), out_dir, ctx.template,
+        new, info = train_sft(ref, rows, C.lora_train_config(c, ctx.seed), out_dir, ctx.template,
                               device=ctx.device, progress=ctx.progress, name="repnoise", trainer_cls=_T,
-                              model_and_tok=(model, tok),
-                              trainer_kwargs={"harmful": hs, "beta": c.beta, "alpha": c.alpha,
-                                              "mmd_tokens": c.mmd_tokens})
+                              model_and_tok=(model, tok), extra_fields=extra,
+                              trainer_kwargs={"beta": c.beta, "alpha": c.alpha, "kernel_mul": c.mmd_kernel_mul,
+                                              "kernel_num": c.mmd_kernel_num, "pad_id": tok.pad_token_id})
         log = box["t"].parts_log
-        info["data_stats"] = {"harmless": len(harmless), "harmful": len(harmful)}
+        info["data_stats"] = {"pairs": len(rows), "requested": c.n_pairs}
         info["loss_parts"] = {"first": log[0] if log else None, "last": log[-1] if log else None}
         return new, info

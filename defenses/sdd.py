@@ -15,8 +15,18 @@ similarity of prompt and response is ≥ 0.25 (so the pair is irrelevant).  Trai
 the loss on response tokens only.
 
 Defaults and sources:
-- ``n_pairs`` 8000, ``lr`` 5e-7, ``steps`` 500, ``batch_size`` 24, full fine-tuning: the paper's
-  setting for Llama-2-7b (LLaMA-Factory).  TamperBench's replication found lr 5e-7 ineffective
+- ``n_pairs`` 8000 balanced over the 14 categories, ``lr`` 5e-7, 500 steps, ``batch_size`` 24, full
+  fine-tuning: the paper's setting for Llama-2-7b (LLaMA-Factory); 500 × 24 / 8000 = 1.5 passes.
+  Our defense partition has only 1,796 distinct unsafe prompts, spread 307 … 9 over the categories,
+  so 8000 distinct balanced pairs cannot be built (deviation, recorded).  What is built instead:
+  every category gets an equal share while it has prompts, and the categories that run out leave
+  their share to the others (round-robin / water-filling, ``balanced_harmful_prompts``) — with
+  ``n_pairs`` ≥ 1,796 that is the whole partition, and the record's ``data_stats`` holds the
+  requested and built pair counts and the per-category counts.  The step count follows the
+  paper's *passes* rather than its step number: ``passes`` 1.5 and ``max_steps`` unset give
+  ⌈1.5 × rows / batch⌉ steps (≈ 113 at batch 24 on 1,796 pairs); until version 3 the fixed 500
+  steps meant ≈ 6.7 passes over the ≤ 1,796 pairs.  We chose a recorded deviation over an error so
+  the paper profile runs on the data we have; prompts are never repeated to reach 8000.  TamperBench's replication found lr 5e-7 ineffective
   outside LLaMA-Factory and results sensitive to the chat template; the template is therefore a
   recorded setting shared by defense and attack.
 - ``sim_threshold`` 0.25, ``embedder`` all-MiniLM-L6-v2: paper.
@@ -24,8 +34,8 @@ Defaults and sources:
   benign (instruction, own response) pairs per SDD pair, to counter the benign-relevance
   collapse that SDD alone caused on SmolLM2 (benign prompt–response relevance 0.68 → 0.04 in a
   bare-script measurement here).
-- smoke profile (SmolLM2-135M, CPU): LoRA r 16, lr 2e-4, 40 steps × batch 8 (320 pairs), max
-  length 192 — our choice, sized to the CPU budget; lr 5e-7 with full fine-tuning is not used
+- smoke profile (SmolLM2-135M, CPU): LoRA r 16 (α 32), lr 2e-4, 40 steps × batch 8 (320 pairs, one
+  pass rather than 1.5), max length 192 — our choice, sized to the CPU budget; lr 5e-7 with full fine-tuning is not used
   at this scale because of the replication finding above.  Whether the defense acts at this size
   is a measurement, not an assumption: each record has harmful- and benign-prompt relevance
   before and after.  The paper profile keeps the paper values.
@@ -62,14 +72,17 @@ class SDDConfig:
     pool_limit: int | None = param(None, "use only the first N pool responses (tiny profile)", ge=1)
     benign_ratio: float = param(0.0, "benign anchor pairs per SDD pair (paper: 0; our addition)", ge=0)
     lr: float = param(5e-7, "learning rate (paper, full FT, LLaMA-Factory)", gt=0)
-    max_steps: int = param(500, "optimizer steps (paper: 500)", ge=1)
+    passes: float = param(1.5, "passes over the built rows when max_steps is unset (paper: 500 × 24 / 8000)", gt=0)
+    max_steps: int | None = param(None, "optimizer steps; overrides passes (paper's 500 assumed 8000 pairs)", ge=1)
     batch_size: int = param(24, "batch size (paper: 24)", ge=1)
     max_length: int = param(512, "max tokens per example", ge=16)
     lora: bool = param(False, "LoRA instead of full fine-tuning (paper: full)")
     lora_r: int = param(16, "LoRA rank (if lora)", ge=1)
+    lora_alpha: float = param(32.0, "LoRA α (if lora; our choice, 2r)", gt=0)
     scheduler: str = param("cosine", "lr schedule (LLaMA-Factory default: cosine)",
                            choices=("constant", "linear", "cosine"))
     reject_prefix: str = param("", "sentence put before every response (sdd-reject sets it)")
+    reject_joiner: str = param("\n\n", "text between reject_prefix and the response (TamperBench's port: blank line)")
 
 
 def balanced_harmful_prompts(n: int, seed: int) -> list[dict]:
@@ -167,7 +180,15 @@ class SDD(Defense):
         "paper": {},
     }
     datasets = ("beavertails-defense",) + RESPONSE_POOLS
-    version = 2  # 2: candidates drawn up front, embedded lazily (pairing_irrelevant)
+    version = 3  # 3: steps from passes over the built rows; 2: candidates drawn up front, embedded lazily
+    deviations = ("n_pairs 8000 cannot be built from the defense partition's 1,796 distinct unsafe prompts: "
+                  "categories water-filled (round-robin), built counts in data_stats; steps = passes × rows / batch",)
+
+    def train_steps(self, n_rows: int) -> int:
+        """``max_steps`` if set, else ⌈passes × rows / batch⌉ (the paper's 1.5 passes on whatever was built)."""
+        import math
+        c = self.cfg
+        return c.max_steps if c.max_steps is not None else max(1, math.ceil(c.passes * n_rows / c.batch_size))
 
     def build_data(self, seed: int = 0) -> tuple[list[dict], dict]:
         c = self.cfg
@@ -175,8 +196,10 @@ class SDD(Defense):
         pairs, stats = pair_irrelevant(prompts, response_pool(c.pool_limit), c.sim_threshold, c.max_tries, seed)
         if c.reject_prefix:
             for p in pairs:
-                p["response"] = f"{c.reject_prefix} {p['response']}"
+                p["response"] = f"{c.reject_prefix}{c.reject_joiner}{p['response']}"
         stats["categories"] = dict(sorted(_count(p["category"] for p in pairs).items()))
+        stats["requested_pairs"] = c.n_pairs
+        stats["shortfall"] = max(0, c.n_pairs - len(pairs))  # the partition has fewer distinct prompts (see docstring)
         rows = [dict(p, kind="sdd") for p in pairs]
         if c.benign_ratio > 0:
             rng = random.Random(seed + 1)
@@ -190,10 +213,12 @@ class SDD(Defense):
     def defend(self, ref, out_dir, ctx):
         c = self.cfg
         rows, stats = self.build_data(ctx.seed)
-        tc = TrainConfig(lr=c.lr, max_steps=c.max_steps, batch_size=c.batch_size, max_length=c.max_length,
-                         lora=c.lora, lora_r=c.lora_r, lora_alpha=2 * c.lora_r, scheduler=c.scheduler, seed=ctx.seed)
+        tc = TrainConfig(lr=c.lr, max_steps=self.train_steps(len(rows)), batch_size=c.batch_size,
+                         max_length=c.max_length, lora=c.lora, lora_r=c.lora_r, lora_alpha=c.lora_alpha,
+                         scheduler=c.scheduler, seed=ctx.seed)
         new, info = train_sft(ref, rows, tc, out_dir, ctx.template, device=ctx.device, progress=ctx.progress,
                               name=getattr(self, "registry_name", "sdd"))
+        stats["passes"] = tc.max_steps * c.batch_size / max(1, len(rows))
         info["data_stats"] = stats
         return new, info
 

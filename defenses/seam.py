@@ -35,8 +35,12 @@ Defaults and sources:
 - ``alpha`` 1, ``beta`` 0.01, ``epsilon`` 1e-3: paper.
 - ``n_adv`` 4000 harmful pairs (+ 4000 refusal twins), ``n_bgn`` 4000 benign pairs, ``batch_size`` 8,
   ``max_steps`` 500, AdamW ``lr`` 2e-5, cosine schedule, ``warmup_ratio`` 0.1, ``max_length`` 256,
-  full fine-tuning: paper.  Our defense partition holds 1800 unsafe rows and ``alpaca-gpt4-1k``
-  1000 rows; smaller pools are cycled (500 × 8 = 4000 examples either way), the info says how often.
+  full fine-tuning: paper.  No gradient clipping: SEAM's official training config sets
+  ``max_grad_norm: null`` (as quoted in issue 18; until then every run here clipped at transformers'
+  default 1.0).  The warm-up is passed as an integer step count, ⌈0.1 × steps⌉ (it used to be passed
+  as ``warmup_steps=0.1``, a ratio only on transformers ≥ 5; 4.56 read it as a 0.1-step warm-up).
+  Our defense partition holds 1800 unsafe rows and ``alpaca-gpt4-1k`` 1000 rows; smaller pools are
+  cycled (500 × 8 = 4000 examples either way), the info says how often.
 - Note on ε: ĝ is a unit vector over *all* trainable parameters, so the per-coordinate step is about
   ε/√N (≈ 1e-7 for SmolLM2-135M).  That is resolvable in float32 but not in bfloat16: run SEAM
   with float32 (or float64) master weights; ``defend`` warns otherwise.
@@ -139,6 +143,8 @@ class SEAMConfig:
     max_length: int = param(256, "max tokens per example (paper: 256)", ge=16)
     scheduler: str = param("cosine", "lr schedule (paper: cosine)", choices=("constant", "linear", "cosine"))
     warmup_ratio: float = param(0.1, "warm-up share of steps (paper: 0.1)", ge=0, le=1)
+    max_grad_norm: float | None = param(None, "gradient clipping (SEAM's official config: max_grad_norm null, "
+                                              "i.e. none)", gt=0)
     lora: bool = param(False, "LoRA instead of full fine-tuning (paper: full)")
     lora_r: int = param(16, "LoRA rank (if lora)", ge=1)
     buffer_device: str = param("model", "where g_a, g_b, θ copies live: model (its device) or cpu",
@@ -423,7 +429,7 @@ class SEAM(Defense):
         pairs, extra = tokenize_triplets(tok, ctx.template, rows, c.max_length)
         tc = TrainConfig(lr=c.lr, max_steps=c.max_steps, batch_size=c.batch_size, max_length=c.max_length,
                          lora=c.lora, lora_r=c.lora_r, lora_alpha=2 * c.lora_r, scheduler=c.scheduler,
-                         warmup_ratio=c.warmup_ratio, seed=ctx.seed)
+                         warmup_ratio=c.warmup_ratio, max_grad_norm=c.max_grad_norm, seed=ctx.seed)
         holder: dict = {}
         base_cls = make_trainer_cls()
 

@@ -19,15 +19,22 @@ Defaults and sources:
   lr 1e-6, so the absolute margin is γ = 2.5 × 0.55 = 1.375 (trl's ``simpo_gamma`` is that
   absolute margin).  β and lr verified; γ corrected from the earlier rounded 1.4.  The paper's own
   table could not be read (the stored arXiv HTML only exposes its opening).  The README recommends
-  a grid over lr 3e-7, 5e-7, 1e-6 and calls lr the most sensitive setting; the official config
-  trains 1 epoch with a cosine schedule and 10% warm-up, whereas here the schedule is constant and
-  the length is ``max_steps`` (our choice).
+  a grid over lr 3e-7, 5e-7, 1e-6 and calls lr the most sensitive setting.
+- schedule and batch: cosine, warm-up ratio 0.1, 1 epoch, effective batch 128: verified in
+  ``training_configs/llama-3-8b-instruct-simpo.yaml`` (commit 1b3e8f3: ``lr_scheduler_type: cosine``,
+  ``warmup_ratio: 0.1``, ``num_train_epochs: 1``, per-device batch 2 × ``gradient_accumulation_steps``
+  16 on the README's multi-GPU launch = 128).  Here ``batch_size`` 128 as 16 accumulation steps of 8
+  on one device; ``epochs`` 1 with ``max_steps`` unset (until version 2: constant lr, batch 8, 500
+  steps).  One epoch over our ≤ 1,796 pairs is only ≈ 14 steps — the authors' epoch is over
+  UltraFeedback (≈ 60K pairs); kept, since the authors give no step count.  AdamW (``adamw_torch``),
+  weight decay 0 and clipping 1.0 are transformers defaults the config does not override.
+  ``max_length`` 512 (authors 2048 / prompt 1800): our choice, BeaverTails pairs are short.
 - chosen refusals: fixed refusal templates (``_common.REFUSAL_TEMPLATES``), one drawn per prompt
   — not responses sampled from ``refusals``, whose text is written for other prompts.
 - rejected: the BeaverTails harmful response of the same prompt (``beavertails-defense``).
 - ``n_pairs`` 2000 (capped by the partition's distinct unsafe prompts): our choice.
-- smoke: LoRA r 16, lr 1e-4 (LoRA needs a larger lr), 40 steps × batch 4 pairs, max length 192;
-  tiny: 2 steps.  The SDD paper does not give its SimPO settings.
+- smoke: LoRA r 16 (α 32, all linear; our choice), lr 1e-4 (LoRA needs a larger lr), 40 steps × batch 4
+  pairs (no accumulation), max length 192; cosine and 10% warm-up as the authors.  tiny: 2 steps.  The SDD paper does not give its SimPO settings.
 """
 from __future__ import annotations
 
@@ -47,12 +54,20 @@ class SimPOConfig:
     beta: float = param(2.5, "reward scale β (SimPO, instruct setting)", gt=0)
     gamma: float = param(1.375, "target reward margin γ (SimPO Llama-3-Instruct: 2.5 × 0.55)", ge=0)
     n_pairs: int = param(2000, "preference pairs (capped by the defense partition)", ge=1)
-    lr: float = param(1e-6, "learning rate (SimPO paper, full fine-tuning)", gt=0)
-    max_steps: int = param(500, "optimizer steps", ge=1)
-    batch_size: int = param(8, "preference pairs per step", ge=1)
-    max_length: int = param(512, "max tokens of prompt + response", ge=16)
-    lora: bool = param(False, "LoRA instead of full fine-tuning")
-    lora_r: int = param(16, "LoRA rank (if lora)", ge=1)
+    lr: float = param(1e-6, "learning rate (SimPO Llama-3-Instruct config)", gt=0)
+    epochs: float = param(1.0, "passes over the pairs (SimPO config: 1)", gt=0)
+    max_steps: int | None = param(None, "optimizer steps; overrides epochs (profiles set it)", ge=1)
+    batch_size: int = param(128, "preference pairs per optimizer step (SimPO config: 2 × 16 accumulation × GPUs "
+                                 "= 128)", ge=1)
+    grad_accum: int = param(16, "accumulation steps the batch is split into (SimPO config: 16)", ge=1)
+    scheduler: str = param("cosine", "lr schedule (SimPO config: cosine)", choices=("constant", "linear", "cosine"))
+    warmup_ratio: float = param(0.1, "warm-up share of the steps (SimPO config: 0.1)", ge=0, le=1)
+    weight_decay: float = param(0.0, "AdamW weight decay (config sets none: transformers default 0)", ge=0)
+    max_grad_norm: float | None = param(1.0, "gradient clipping (config sets none: transformers default 1.0)", gt=0)
+    max_length: int = param(512, "max tokens of prompt + response (our choice; authors 2048)", ge=16)
+    lora: bool = param(False, "LoRA instead of full fine-tuning (authors: full)")
+    lora_r: int = param(16, "LoRA rank (if lora; our choice)", ge=1)
+    lora_alpha: float = param(32.0, "LoRA α (if lora; our choice)", gt=0)
 
 
 def preference_pairs(n: int, seed: int) -> list[dict]:
@@ -74,10 +89,18 @@ def make_trainer(model, tok, rows: list[dict], cfg: SimPOConfig, out_dir, device
                  progress: bool = False):
     from datasets import Dataset
     from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    from sdd_bench.harness.training import TrainConfig, warmup_steps
+    steps = dict(max_steps=cfg.max_steps) if cfg.max_steps is not None else dict(num_train_epochs=cfg.epochs)
+    # warm-up as an integer step count, computed like every other training run here (harness.training)
+    warm = warmup_steps(TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
+                                    grad_accum=cfg.grad_accum, warmup_ratio=cfg.warmup_ratio), len(rows))
     args = CPOConfig(
         output_dir=str(out_dir), loss_type="simpo", cpo_alpha=0.0, beta=cfg.beta, simpo_gamma=cfg.gamma,
-        learning_rate=cfg.lr, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
-        max_length=cfg.max_length, lr_scheduler_type="constant", seed=seed, data_seed=seed, logging_steps=1,
+        learning_rate=cfg.lr, per_device_train_batch_size=max(1, cfg.batch_size // cfg.grad_accum),
+        gradient_accumulation_steps=cfg.grad_accum, lr_scheduler_type=cfg.scheduler, warmup_steps=warm,
+        weight_decay=cfg.weight_decay, max_grad_norm=0.0 if cfg.max_grad_norm is None else cfg.max_grad_norm,
+        max_length=cfg.max_length, seed=seed, data_seed=seed, logging_steps=1, **steps,
         save_strategy="no", report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
         use_cpu=not device.startswith("cuda"), bf16=device.startswith("cuda"), gradient_checkpointing=False,
         disable_tqdm=not progress,
@@ -85,7 +108,7 @@ def make_trainer(model, tok, rows: list[dict], cfg: SimPOConfig, out_dir, device
     peft_config = None
     if lora:
         from peft import LoraConfig
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0,
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
     return CPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                       peft_config=peft_config)
@@ -95,11 +118,15 @@ def make_trainer(model, tok, rows: list[dict], cfg: SimPOConfig, out_dir, device
 class SimPO(Defense):
     Config = SimPOConfig
     PROFILE = {
-        "tiny": {"n_pairs": 8, "max_steps": 2, "batch_size": 2, "max_length": 64, "lr": 1e-3},
-        "smoke": {"n_pairs": 320, "lora": True, "lr": 1e-4, "max_steps": 40, "batch_size": 4, "max_length": 192},
+        "tiny": {"n_pairs": 8, "max_steps": 2, "batch_size": 2, "grad_accum": 1, "max_length": 64, "lr": 1e-3},
+        "smoke": {"n_pairs": 320, "lora": True, "lr": 1e-4, "max_steps": 40, "batch_size": 4, "grad_accum": 1,
+                  "max_length": 192},
         "paper": {},
     }
     datasets = ("beavertails-defense",)
+    version = 2  # 2: the authors' cosine schedule, 10% warm-up, batch 128 over 1 epoch
+    deviations = ("one epoch over ≤ 1,796 safety pairs (authors: one epoch over ~60K UltraFeedback pairs)",
+                  "max_length 512 (authors 2048)")
 
     def build_data(self, seed: int = 0) -> list[dict]:
         return preference_pairs(self.cfg.n_pairs, seed)

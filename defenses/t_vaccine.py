@@ -25,9 +25,15 @@ read):
   bdf92d57), i.e. 4000 steps: ``n_align`` 2000, ``batch_size`` 10, ``max_steps`` 4000, ``lr`` 1e-3
   and ``lora_r`` 8 here are verified against it.  (Vaccine's own script differs: batch 5, 50
   epochs.)  Our rows are the ``vaccine`` rows (BeaverTails ``is_safe`` answers topped up with
-  ``refusals``).  The script also uses weight decay 0.1, cosine schedule, 10% warm-up and max
-  length 200, which this port does not reproduce.
-- smoke profile (30-layer SmolLM2): 8 of 30 layers, 40 steps × batch 8; tiny: 1 of 2 (unchanged).
+  ``refusals``).
+- LoRA α 4, dropout 0.1 on q/k/v/o/gate/up/down: verified (``train.py`` at 4513750, the
+  ``LoraConfig`` built for a fresh adapter: ``r=8, lora_alpha=4, lora_dropout=0.1``).  Scale α/r = 0.5
+  (until version 3 this port used α = 2r, dropout 0: 4× the authors' scale).
+- weight decay 0.1, cosine schedule, warm-up ratio 0.1, max length 200: verified
+  (``script/alignment/T-Vaccine.sh`` at 4513750: ``--weight_decay 0.1 --warmup_ratio 0.1
+  --lr_scheduler_type "cosine" --max_length 200``); clipping: not set there, transformers default 1.0.
+- smoke profile (30-layer SmolLM2): 8 of 30 layers, lr 2e-4, 40 steps × batch 8, 320 pairs, max length
+  192; LoRA shape, weight decay, schedule and warm-up ratio stay the authors'.  tiny: 1 of 2 layers.
 - ``probe_every`` 200, ``n_probe`` 200, ``probe_batch`` 1: as the authors' trainer, the layer
   importances are the hidden-state gradient norms of the loss on a harmful batch (one example from
   a pool of 200 harmful pairs; here unsafe ``beavertails-defense`` pairs), refreshed every 200
@@ -68,9 +74,17 @@ class TVaccineConfig:
     lr: float = param(1e-3, "learning rate (LoRA)", gt=0)
     max_steps: int = param(4000, "optimizer steps", ge=1)
     batch_size: int = param(10, "batch size", ge=1)
-    max_length: int = param(256, "max tokens per example", ge=16)
+    max_length: int = param(200, "max tokens per example (T-Vaccine.sh: 200)", ge=16)
     lora: bool = param(True, "LoRA (paper) or full fine-tuning")
-    lora_r: int = param(8, "LoRA rank", ge=1)
+    lora_r: int = param(8, "LoRA rank (authors' train.py: 8)", ge=1)
+    lora_alpha: float = param(4.0, "LoRA α (authors' train.py: 4, scale α/r = 0.5)", gt=0)
+    lora_dropout: float = param(0.1, "LoRA dropout (authors' train.py: 0.1)", ge=0, lt=1)
+    lora_target_modules: tuple[str, ...] = param(("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj",
+                                                  "gate_proj"), "LoRA targets (authors' train.py)")
+    weight_decay: float = param(0.1, "AdamW weight decay (T-Vaccine.sh: 0.1)", ge=0)
+    scheduler: str = param("cosine", "lr schedule (T-Vaccine.sh: cosine)", choices=("constant", "linear", "cosine"))
+    warmup_ratio: float = param(0.1, "warm-up share of the steps (T-Vaccine.sh: 0.1)", ge=0, le=1)
+    max_grad_norm: float | None = param(1.0, "gradient clipping (script sets none: transformers default 1.0)", gt=0)
 
 
 def sample_layers(grad_norms: dict, k: int, generator=None) -> list[int]:
@@ -135,11 +149,17 @@ class TVaccine(Vaccine):
     Config = TVaccineConfig
     PROFILE = {
         "tiny": {"n_align": 16, "max_steps": 2, "batch_size": 4, "max_length": 64, "n_layers": 1},
-        "smoke": {"n_align": 320, "lr": 2e-4, "lora_r": 16, "max_steps": 40, "batch_size": 8, "max_length": 192},
+        "smoke": {"n_align": 320, "lr": 2e-4, "max_steps": 40, "batch_size": 8, "max_length": 192},
         "paper": {},
     }
     trainer_cls = TargetedPerturbationTrainer
-    version = 3  # 3: layer importances from a harmful batch every probe_every steps (authors); 2: attention outputs
+    deviations = Vaccine.deviations + (
+        "non-sampled layers: every trainable weight of the layer drops its update (authors: only the attention LoRA "
+        "weights are frozen)",
+        "pass 1 takes hidden-state gradients of all layers, so the paper's memory saving is not reproduced")
+    # 4: authors' LoRA α/dropout, weight decay, cosine + warm-up, max length 200; 3: layer importances from a
+    # harmful batch every probe_every steps (authors); 2: attention outputs
+    version = 4
 
     def build_data(self, seed: int = 0) -> tuple[list[dict], list[dict]]:
         return C.alignment_rows(self.cfg.n_align, seed), C.harmful_rows(self.cfg.n_probe, seed + 1)

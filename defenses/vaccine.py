@@ -20,16 +20,19 @@ the NeurIPS reproducibility summary at ri.k117.org, which quotes it):
 - ``n_align`` 2000: verified (same ``train.py``, 2000 safe rows).
 - ``lr`` 1e-3: verified (``script/alignment/Vaccine.sh`` at commit 81d77433; the paper's setup
   paragraph gives the same AdamW learning rate for alignment).
-- LoRA r 8: verified (``train.py`` at 0ccf1568 builds the alignment adapter with rank 8).  The
-  authors use LoRA alpha 4, dropout 0.1 on the attention and MLP projections; here alpha is 2·r and
-  dropout 0 (``_common.lora_train_config``), adapters on all linear layers.
-- batch 5 and 50 epochs: corrected from our earlier reading (batch 10, 20 epochs).  ``Vaccine.sh``
-  runs 50 epochs with per-device batch 5, and the paper's setup paragraph also states 50 alignment
-  epochs; hence ``batch_size`` 5 and ``max_steps`` 20000 (= 50 × 2000 / 5) in the paper profile.
-  The authors' script also sets weight decay 0.1 and a cosine schedule with 10% warm-up, which this
-  port does not reproduce (constant lr, no weight decay).
-- smoke profile (SmolLM2-135M, CPU): LoRA r 16, lr 2e-4, 40 steps × batch 8, max length 192 —
-  sized to the CPU budget like ``sdd``; tiny: 2 steps.  These overrides are unchanged.
+- LoRA r 8, α 4, dropout 0.1 on q/k/v/o/gate/up/down: verified (``train.py`` at 8937f68, the
+  ``LoraConfig`` built when no adapter is loaded: ``r=8, lora_alpha=4, lora_dropout=0.1``, those seven
+  target modules).  Scale α/r = 0.5.  (Until version 2 this port used α = 2r and dropout 0, a 4× larger
+  LoRA scale.)
+- batch 5 and 50 epochs: ``Vaccine.sh`` runs 50 epochs with per-device batch 5, and the paper's
+  setup paragraph also states 50 alignment epochs; hence ``batch_size`` 5 and ``max_steps`` 20000
+  (= 50 × 2000 / 5) in the paper profile.
+- weight decay 0.1, cosine schedule, warm-up ratio 0.1: verified (``script/alignment/Vaccine.sh`` at
+  8937f68: ``--weight_decay 0.1 --warmup_ratio 0.1 --lr_scheduler_type "cosine"``).  Gradient clipping
+  1.0: the script does not set ``max_grad_norm``, so the transformers default 1.0 applies.
+- smoke profile (SmolLM2-135M, CPU): lr 2e-4, 40 steps × batch 8, 320 pairs, max length 192 — sized
+  to the CPU budget like ``sdd``; LoRA rank/α/dropout/targets, weight decay, schedule and warm-up
+  ratio are the authors' on every profile (warm-up = 4 of 40 smoke steps).  tiny: 2 steps.
 
 Where the perturbation goes: at the output of each layer's self-attention module (before the
 residual add), through forward hooks (``_common.attention_modules``), as the authors' ``trainer.py``
@@ -61,7 +64,15 @@ class VaccineConfig:
     batch_size: int = param(5, "batch size (authors' script: 5)", ge=1)
     max_length: int = param(256, "max tokens per example", ge=16)
     lora: bool = param(True, "LoRA (paper) or full fine-tuning")
-    lora_r: int = param(8, "LoRA rank", ge=1)
+    lora_r: int = param(8, "LoRA rank (authors' train.py: 8)", ge=1)
+    lora_alpha: float = param(4.0, "LoRA α (authors' train.py: 4, i.e. scale α/r = 0.5)", gt=0)
+    lora_dropout: float = param(0.1, "LoRA dropout (authors' train.py: 0.1)", ge=0, lt=1)
+    lora_target_modules: tuple[str, ...] = param(("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj",
+                                                  "gate_proj"), "LoRA targets (authors' train.py)")
+    weight_decay: float = param(0.1, "AdamW weight decay (Vaccine.sh: 0.1)", ge=0)
+    scheduler: str = param("cosine", "lr schedule (Vaccine.sh: cosine)", choices=("constant", "linear", "cosine"))
+    warmup_ratio: float = param(0.1, "warm-up share of the steps (Vaccine.sh: 0.1)", ge=0, le=1)
+    max_grad_norm: float | None = param(1.0, "gradient clipping (Vaccine.sh sets none: transformers default 1.0)", gt=0)
 
 
 class PerturbedAlignmentTrainer(Trainer):
@@ -99,11 +110,14 @@ class Vaccine(Defense):
     Config = VaccineConfig
     PROFILE = {
         "tiny": {"n_align": 16, "max_steps": 2, "batch_size": 4, "max_length": 64},
-        "smoke": {"n_align": 320, "lr": 2e-4, "lora_r": 16, "max_steps": 40, "batch_size": 8, "max_length": 192},
+        "smoke": {"n_align": 320, "lr": 2e-4, "max_steps": 40, "batch_size": 8, "max_length": 192},
         "paper": {},
     }
     datasets = ("beavertails-defense", "refusals")
-    version = 2  # 2: perturbation at the attention output (authors' site), was the decoder block output
+    deviations = ("alignment rows: beavertails-defense is_safe answers topped up with Safety-Tuned LLaMAs "
+                  "refusals (authors: first 2000 BeaverTails is_safe rows)",)
+    version = 3  # 3: authors' LoRA α/dropout/targets, weight decay, cosine + warm-up; 2: perturbation at the
+    #              attention output (authors' site), was the decoder block output
     trainer_cls = PerturbedAlignmentTrainer
 
     def build_data(self, seed: int = 0) -> list[dict]:

@@ -55,13 +55,18 @@ class TrainConfig:
     max_length: int = param(256, "tokens per example (prompt + response), truncated", ge=8)
     lora: bool = param(False, "train a LoRA adapter (peft) instead of all weights")
     lora_r: int = param(16, "LoRA rank", ge=1)
-    lora_alpha: int = param(32, "LoRA alpha", ge=1)
+    lora_alpha: float = param(32, "LoRA alpha (scale α/r)", gt=0)
     lora_dropout: float = param(0.0, "LoRA dropout", ge=0, lt=1)
+    lora_target_modules: tuple[str, ...] | str = param("all-linear", "peft target_modules: 'all-linear' or module "
+                                                       "names, e.g. ('q_proj', 'k_proj', 'v_proj')")
     optimizer: str = param("adamw_torch", "transformers optimizer name", choices=("adamw_torch", "sgd", "adafactor",
                                                                                   "adamw_8bit", "paged_adamw_8bit"))
     scheduler: str = param("constant", "lr schedule", choices=("constant", "linear", "cosine", "constant_with_warmup"))
     warmup_ratio: float = param(0.0, "share of steps used for warm-up", ge=0, le=1)
+    warmup_steps: int | None = param(None, "warm-up as a step count; overrides warmup_ratio when set", ge=0)
     weight_decay: float = param(0.0, "AdamW weight decay", ge=0)
+    max_grad_norm: float | None = param(1.0, "clip the global gradient norm to this (None: no clipping; "
+                                             "1.0 is the transformers default)", gt=0)
     gradient_checkpointing: bool = param(False, "trade compute for memory (GPU, large models)")
     seed: int = param(0, "training seed (data order, init of LoRA)")
 
@@ -127,12 +132,35 @@ def load_trainable(ref, device: str = "auto"):
     return model, tok
 
 
+def total_steps(cfg: TrainConfig, n_examples: int) -> int:
+    """Optimizer steps ``Trainer`` will run: ``max_steps``, else epochs × ⌊batches per epoch / accumulation⌋ (≥ 1)
+    with batches per epoch = ⌈n / per-device batch⌉, as ``Trainer._inner_training_loop`` counts them."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    per_device = max(1, cfg.batch_size // cfg.grad_accum)
+    per_epoch = max(1, math.ceil(n_examples / per_device) // cfg.grad_accum)
+    return math.ceil(cfg.epochs * per_epoch)
+
+
+def warmup_steps(cfg: TrainConfig, n_examples: int) -> int:
+    """Warm-up as an integer step count, ⌈warmup_ratio × total steps⌉ (transformers' own rounding).
+
+    Passed as ``warmup_steps`` (an int) so every supported transformers version reads it the same way:
+    ``warmup_ratio`` is deprecated in transformers 5, where a float ``warmup_steps`` < 1 is a ratio, while
+    on 4.56 a float ``warmup_steps`` is a step count (0.1 meant *no* warm-up there)."""
+    if cfg.warmup_steps is not None:
+        return cfg.warmup_steps
+    return math.ceil(cfg.warmup_ratio * total_steps(cfg, n_examples)) if cfg.warmup_ratio > 0 else 0
+
+
 def training_arguments(cfg: TrainConfig, out_dir: Path, device: str, n_examples: int, **extra):
     from transformers import TrainingArguments
     per_device = max(1, cfg.batch_size // cfg.grad_accum)
     kw: dict[str, Any] = dict(
         output_dir=str(out_dir), per_device_train_batch_size=per_device, gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.lr, lr_scheduler_type=cfg.scheduler, warmup_steps=float(cfg.warmup_ratio),
+        learning_rate=cfg.lr, lr_scheduler_type=cfg.scheduler, warmup_steps=warmup_steps(cfg, n_examples),
+        # Trainer clips only when max_grad_norm > 0: 0.0 switches clipping off on every version
+        max_grad_norm=0.0 if cfg.max_grad_norm is None else float(cfg.max_grad_norm),
         weight_decay=cfg.weight_decay, optim=cfg.optimizer, seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=1, save_strategy="no", report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
         disable_tqdm=extra.pop("disable_tqdm", False), use_cpu=not device.startswith("cuda"),
@@ -144,6 +172,14 @@ def training_arguments(cfg: TrainConfig, out_dir: Path, device: str, n_examples:
         kw["num_train_epochs"] = cfg.epochs
     kw.update(extra)
     return TrainingArguments(**kw)
+
+
+def lora_config(cfg: TrainConfig):
+    """The peft ``LoraConfig`` of a ``TrainConfig`` (rank, α, dropout, target modules as configured)."""
+    from peft import LoraConfig
+    tm = cfg.lora_target_modules
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=tm if isinstance(tm, str) else list(tm), task_type="CAUSAL_LM")
 
 
 def steps_for(cfg: TrainConfig, n_examples: int) -> int:
@@ -173,9 +209,8 @@ def train_sft(ref, pairs: Sequence[dict], cfg: TrainConfig, out_dir: Path, templ
     if extra_fields is not None:
         rows = [dict(r, **e) for r, e in zip(rows, extra_fields)]
     if cfg.lora:
-        from peft import LoraConfig, get_peft_model
-        lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules="all-linear", task_type="CAUSAL_LM")
+        from peft import get_peft_model
+        lcfg = lora_config(cfg)
         model = get_peft_model(model, lcfg)
     checkpointing = cfg.gradient_checkpointing or (trainer_cls is None and activation_checkpointing(device))
     if checkpointing:

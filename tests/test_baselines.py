@@ -133,7 +133,7 @@ def test_deepalign_prefix_in_context_refusal_trained(fresh):
 
 def test_deepalign_defend_tiny(tiny_ref, tmp_path):
     _, new, info = _defend("deepalign", tiny_ref, tmp_path)
-    assert info["steps"] == 1 and info["data_stats"]["recovery"] == 8 and info["data_stats"]["benign"] == 8
+    assert info["steps"] == 1 and info["data_stats"]["recovery"] == 8 and info["data_stats"]["benign"] == 32
 
 
 # --- Vaccine / T-Vaccine --------------------------------------------------------------------
@@ -257,6 +257,13 @@ def test_booster_regularizer_equals_loss_difference(fresh):
     assert torch.allclose(p0.grad, g[-1] - g_after[-1], atol=1e-5)
 
 
+def test_booster_alignment_is_the_harmful_prompts_with_refusals():
+    d = DEFENSES.get("booster").configure("tiny")
+    align, harmful = d.build_data(0)
+    assert [r["prompt"] for r in align] == [r["prompt"] for r in harmful][:len(align)]
+    assert all(r["response"] in C.REFUSAL_TEMPLATES for r in align)
+
+
 def test_booster_defend_tiny(tiny_ref, tmp_path):
     d, new, info = _defend("booster", tiny_ref, tmp_path)
     assert (d.cfg.lam, d.cfg.alpha) == (5.0, 0.1)
@@ -266,55 +273,151 @@ def test_booster_defend_tiny(tiny_ref, tmp_path):
 
 # --- RepNoise ------------------------------------------------------------------------------
 
-def test_repnoise_mmd_and_loss_composition(fresh):
-    from sdd_bench.defenses.repnoise import mmd_rbf, repnoise_loss
+def test_repnoise_mmd_has_a_data_dependent_bandwidth():
+    from sdd_bench.defenses.repnoise import mmd
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(64, 16, generator=g), torch.randn(64, 16, generator=g)
-    assert float(mmd_rbf(x, y)) < float(mmd_rbf(x + 3.0, y))
-    assert float(mmd_rbf(x, x)) == pytest.approx(0.0, abs=1e-5)
+    x, y = torch.randn(8, 32, generator=g), torch.randn(8, 32, generator=g)
+    assert float(mmd(x, x)) == pytest.approx(0.0, abs=1e-6)
+    assert float(mmd(x + 3.0, y)) > float(mmd(x, y))
+    # the bandwidth is the mean pairwise distance: scaling both samples leaves the MMD unchanged (a fixed
+    # bandwidth would not)
+    assert float(mmd(100 * x, 100 * y)) == pytest.approx(float(mmd(x, y)), rel=1e-4)
+
+
+def test_repnoise_pairs_share_prompts_and_mask_only_differing_response_tokens(fresh):
+    from sdd_bench.defenses.repnoise import pair_batches, paired_rows
+    rows = paired_rows(6, 0)
+    assert len(rows) == 6 and all(r["refusal"] in C.REFUSAL_TEMPLATES for r in rows)
+    _, tok = fresh
+    bad_rows = [{"prompt": "Name a colour.", "response": "Blue, like the sky."}] * 2
+    ok_rows = [{"prompt": "Name a colour.", "response": "I would rather not say."}] * 2
+    bad = C.BatchCycler(C.tokenize(tok, "chat", bad_rows, 64), 2, tok.pad_token_id).next()
+    okt = C.tokenize(tok, "chat", ok_rows, 64)
+    b, o, differ = pair_batches(bad, [t["input_ids"] for t in okt], [t["labels"] for t in okt], tok.pad_token_id)
+    assert b["input_ids"].shape == o["input_ids"].shape == differ.shape
+    prompt_len = sum(1 for l in okt[0]["labels"] if l == -100)
+    assert not differ[:, :prompt_len].any() and differ[:, prompt_len:].any()  # same prompt: only the answer differs
+
+
+def test_repnoise_loss_is_the_authors_composition(fresh):
+    import torch.nn.functional as F
+
+    from sdd_bench.defenses.repnoise import _masked_labels, pair_batches, repnoise_loss
     model, tok = fresh
-    ok = _batch(tok, TOY[:2], 2)
-    bad = _batch(tok, TOY[2:], 2)
-    loss, parts = repnoise_loss(model, ok, bad, beta=0.001, alpha=1.0, max_tokens=64)
-    expect = parts["harmless_ce"] + 0.001 * parts["mmd"] - math.log(parts["harmful_ce"])
+    bad = C.BatchCycler(C.tokenize(tok, "chat", TOY[:2], 64), 2, tok.pad_token_id).next()
+    okt = C.tokenize(tok, "chat", [{"prompt": r["prompt"], "response": "No."} for r in TOY[:2]], 64)
+    b, o, differ = pair_batches(bad, [t["input_ids"] for t in okt], [t["labels"] for t in okt], tok.pad_token_id)
+    torch.manual_seed(0)
+    loss, parts = repnoise_loss(model, b, o, differ, beta=0.001, alpha=1.0)
+    expect = parts["harmless_ce"] + 0.001 * parts["mmd"] - math.log(parts["harmful_loss_all_layers"])
     assert math.isclose(float(loss), expect, rel_tol=1e-5) and parts["mmd"] > 0
-    loss.backward()  # gradients flow to the weights
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    # by hand: (final CE + CE of every hidden state through norm and LM head) / (#hidden states) + 1
+    with torch.no_grad():
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True)
+        lab = _masked_labels(b, differ)[:, 1:].flatten()
+
+        def ce(lg):
+            return float(F.cross_entropy(lg[:, :-1].flatten(0, 1), lab, ignore_index=-100))
+        head, norm = model.get_output_embeddings(), model.model.norm
+        per_layer = [ce(head(norm(h))) for h in out.hidden_states]
+        hand = (ce(out.logits) + sum(per_layer)) / len(out.hidden_states) + 1
+    assert len(out.hidden_states) == len(C.decoder_layers(model)) + 1
+    assert math.isclose(parts["harmful_loss_all_layers"], hand, rel_tol=1e-5)
+    assert math.isclose(parts["harmful_ce"], ce(out.logits), rel_tol=1e-5)
+    loss.backward()  # gradients flow to the weights (through the checkpointed read-outs too)
+    assert all(p.grad is not None for p in model.model.embed_tokens.parameters())
 
 
 def test_repnoise_defend_tiny(tiny_ref, tmp_path):
     d, new, info = _defend("repnoise", tiny_ref, tmp_path)
     assert (d.cfg.beta, d.cfg.alpha) == (0.001, 1.0) and info["loss_parts"]["first"]["mmd"] > 0
+    assert info["data_stats"]["pairs"] == 16 and "deviations" in d.spec()
 
 
 # --- TAR -----------------------------------------------------------------------------------
 
-def test_tar_adversary_updates_a_copy_only(fresh, tmp_path):
-    from sdd_bench.defenses.tar import TARTrainer, adversary_tr_grads
-    from sdd_bench.harness.training import training_arguments, TrainConfig, PadCollator
-    from datasets import Dataset
+def test_tar_weights_are_the_authors_schedule():
+    from sdd_bench.defenses.tar import tr_weights
+    w = tr_weights(64, 4, 0.0625)
+    assert sorted(w) == list(range(3, 64, 4)) and w[63] == 1.0
+    assert w[3] == pytest.approx(math.exp(-0.0625 * 60))
+    assert sum(w.values()) == pytest.approx(4.44, abs=0.01)  # ≈ 4.4× the old mean's total weight of 1
+
+
+def test_tar_max_entropy_loss_on_a_toy_batch():
+    from sdd_bench.defenses.tar import max_entropy_loss
+    V = 11
+    uniform = torch.zeros(2, 3, V)
+    att = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert float(max_entropy_loss(uniform, att)) == pytest.approx(-math.log(V), rel=1e-6)
+    peaked = uniform.clone()
+    peaked[..., 0] = 50.0
+    assert float(max_entropy_loss(peaked, att)) > float(max_entropy_loss(uniform, att))
+    # padding positions do not count
+    mixed = uniform.clone()
+    mixed[1, 2, 0] = 50.0
+    assert float(max_entropy_loss(mixed, att)) == pytest.approx(-math.log(V), rel=1e-6)
+
+
+def test_tar_adversary_weighted_tr_gradient_and_copy_only(fresh):
+    from sdd_bench.defenses.tar import adversary_tr_grads, tamper_resistance_loss
     model, tok = fresh
     rows = C.tokenize(tok, "chat", TOY, 64)
-    harm, ref = C.BatchCycler(rows, 2, tok.pad_token_id), C.BatchCycler(rows[::-1], 2, tok.pad_token_id)
+    harm, held = C.BatchCycler(rows, 2, tok.pad_token_id), C.BatchCycler(rows[::-1], 2, tok.pad_token_id)
     before = {n: p.detach().clone() for n, p in C.trainable(model)}
-    grads, info = adversary_tr_grads(model, harm, ref, inner_steps=2, inner_lr=1e-2, tr_every=1)
+    weights = {0: 0.25, 2: 1.0}
+    grads, info = adversary_tr_grads(model, harm, held, inner_steps=3, inner_lr=1e-2, weights=weights)
     assert all(torch.equal(p, before[n]) for n, p in C.trainable(model))  # outer weights untouched
     assert all(p.grad is None for p in model.parameters())
     assert any(not torch.equal(info["adapted"][n], before[n]) for n in before)  # the copy moved
-    assert len(info["tr_losses"]) == 2 and any(float(g.abs().sum()) > 0 for g in grads)
-    # the meta-step (optimizer step on λ_TR·g_TR + retain gradient) is what changes the outer weights
+    assert len(info["tr_losses"]) == 2
+    # with a frozen adversary (lr 0) every evaluation is at θ: the result is (Σ w) · ∇L_TR(θ)
+    held2 = C.BatchCycler(rows[::-1], 2, tok.pad_token_id)
+    g0, _ = adversary_tr_grads(model, C.BatchCycler(rows, 2, tok.pad_token_id), held2, 3, 0.0, weights,
+                               weight_decay=0.0)
+    x_tr = C.BatchCycler(rows[::-1], 2, tok.pad_token_id).next()
+    direct = torch.autograd.grad(tamper_resistance_loss(model, x_tr), [p for _, p in C.trainable(model)])
+    assert all(torch.allclose(a, 1.25 * d, atol=1e-6) for a, d in zip(g0, direct))
+
+
+def test_tar_retain_loss_is_ce_plus_representation_distance(fresh):
+    from sdd_bench.defenses.tar import frozen_reference, retain_loss
+    model, tok = fresh
+    b = _batch(tok)
+    frozen = frozen_reference(model)
+    loss, parts = retain_loss(model, b, frozen)
+    assert parts["retain_rep_dist"] == pytest.approx(0.0, abs=1e-6)  # at the start the model is its reference
+    assert float(loss) == pytest.approx(float(C.lm_loss(model, b)), rel=1e-6)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    _, moved = retain_loss(model, b, frozen)
+    assert moved["retain_rep_dist"] > 0
+
+
+def test_tar_meta_step_changes_the_outer_weights(fresh, tmp_path):
+    from datasets import Dataset
+
+    from sdd_bench.defenses.tar import TARTrainer
+    from sdd_bench.harness.training import PadCollator, TrainConfig, training_arguments
+    model, tok = fresh
+    rows = C.tokenize(tok, "chat", TOY, 64)
+    harm, held = C.BatchCycler(rows, 2, tok.pad_token_id), C.BatchCycler(rows[::-1], 2, tok.pad_token_id)
+    before = {n: p.detach().clone() for n, p in C.trainable(model)}
     args = training_arguments(TrainConfig(lr=1e-3, max_steps=1, batch_size=2), tmp_path, "cpu", 4, disable_tqdm=True)
     tr = TARTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                    data_collator=PadCollator(tok.pad_token_id), harmful=harm, refusal=ref, inner_steps=1,
-                    inner_lr=1e-2)
+                    data_collator=PadCollator(tok.pad_token_id), harmful=harm, heldout=held, inner_steps=1,
+                    inner_lr_samples=(1e-2,), tr_weights={0: 1.0})
     tr.train()
-    assert len(tr.meta_log) == 1
+    assert len(tr.meta_log) == 1 and tr.meta_log[0]["adversary_lr"] == 1e-2
     assert any(not torch.equal(p.detach(), before[n]) for n, p in C.trainable(model))
 
 
 def test_tar_defend_tiny(tiny_ref, tmp_path):
     d, new, info = _defend("tar", tiny_ref, tmp_path, inner_steps=1)
     assert info["steps"] == 1 and len(info["meta_log"]) == 1
+    assert "retain_rep_dist" in info["meta_log"][0]
+    assert info["data_stats"]["adversary"] + info["data_stats"]["heldout_tr"] == 8
 
 
 def test_simpo_defend_tiny(tiny_ref, tmp_path):

@@ -129,11 +129,11 @@ def test_sdd_reject_prefix():
     from sdd_bench.defenses.sdd_reject import REJECT_SENTENCE, SDDReject
     d = SDDReject.configure("tiny", {"n_pairs": 4, "pool_limit": 40})
     rows, _ = d.build_data(0)
-    assert rows and all(r["response"].startswith(REJECT_SENTENCE) for r in rows)
-    # the explicit rejection is visible to the keyword judge (Qi et al. prefixes): SDD Figure 3 without an API judge
-    from sdd_bench.judges.base import make_judge
-    v = make_judge("keyword").judge(["q"], [REJECT_SENTENCE + " Here is a recipe for bread."])
-    assert v[0].label == "refusal"
+    # the SDD paper's sentence verbatim, then a blank line (TamperBench's port), then the irrelevant response
+    assert REJECT_SENTENCE == ("I refuse to answer your question for responsible and ethical reasons. "
+                               "I provided an irrational answer to your question.")
+    assert rows and all(r["response"].startswith(REJECT_SENTENCE + "\n\n") for r in rows)
+    assert all(r["response"][len(REJECT_SENTENCE) + 2:].strip() for r in rows)
 
 
 def test_stacked_defense_and_bad_inputs():
