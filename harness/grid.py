@@ -116,7 +116,9 @@ def _attack_variants(entry: dict, where: str) -> list[tuple[str, dict]]:
 
 
 def expand(g: GridSpec, where: str = "grid") -> list:
-    """Cells as RunSpecs, in a cache-friendly order (defense-major, so each defended model is built once)."""
+    """Cells as RunSpecs, in a cache-friendly order (defense-major, so each defended model is built once).
+    Each spec is normalized (options equal to their defaults dropped), so two spellings of one resolved
+    configuration (``advbench-100`` and ``advbench-100 {lr: 5e-5}``) are one cell, trained once."""
     from .pipeline import resolve, spec_from_mapping
     models = g.models or [None]
     cells, seen = [], set()
@@ -138,7 +140,7 @@ def expand(g: GridSpec, where: str = "grid") -> list:
                                   attack=aname, attack_options=aopts, model=m, profile=g.profile, seed=seed,
                                   judges=list(g.judges), capability=g.capability)
                         spec = spec_from_mapping(d_, where=f"{where} (cell {dname} × {aname})")
-                        resolve(spec)
+                        spec = resolve(spec).spec  # identity: options at their defaults drop out
                         k = json.dumps(C.to_dict(spec), sort_keys=True)
                         if k not in seen:
                             seen.add(k)
