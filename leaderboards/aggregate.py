@@ -103,16 +103,22 @@ def _normalized_spec(spec: dict) -> dict:
         return spec
     key = json.dumps(spec, sort_keys=True, default=str)
     if key not in _NORMALIZED:
-        try:
-            from sdd_bench.harness import config as C
-            from sdd_bench.harness.pipeline import normalize, spec_from_mapping
-            fields_ = {k: v for k, v in spec.items() if k in ("defense", "attack", "base_defense", "profile",
-                                                                "defense_options", "base_defense_options",
-                                                                "attack_options")}
-            _NORMALIZED[key] = dict(spec, **{k: v for k, v in C.to_dict(normalize(spec_from_mapping(fields_))).items()
-                                             if k.endswith("_options")})
-        except Exception:  # a record of a plugin this installation lacks: keep its options as written
-            _NORMALIZED[key] = spec
+        from sdd_bench.harness import config as C
+        from sdd_bench.harness.pipeline import normalize, spec_from_mapping
+        out = dict(spec)
+        # the attack's and the defenses' options separately: a plugin that cannot load here spoils only its own
+        for part in (("attack", "attack_options"), ("defense", "defense_options"),
+                     ("base_defense", "base_defense_options", "defense", "defense_options")):
+            fields_ = {k: spec.get(k) for k in part if k in spec}
+            if not any(fields_.get(k) for k in part if k.endswith("_options")):
+                continue
+            fields_["profile"] = spec.get("profile", "smoke")
+            try:
+                norm = C.to_dict(normalize(spec_from_mapping(fields_)))
+                out.update({k: norm[k] for k in part if k.endswith("_options")})
+            except Exception:  # a record of a plugin this installation lacks: keep its options as written
+                pass
+        _NORMALIZED[key] = out
     return _NORMALIZED[key]
 
 

@@ -25,8 +25,8 @@ def assign_colors(res: Results) -> dict[str, str]:
     """One colour per defense label, the same in every figure (sorted labels on matplotlib's tab20)."""
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
-    cmap = colormaps[PALETTE]
     labels = sorted({d.defense_label for d in res.defended} | {s.defense_label for s in res.attacked})
+    cmap = colormaps["tab10" if len(labels) <= 10 else PALETTE]  # tab20 pairs similar hues: only when needed
     COLORS.clear()
     COLORS.update({lab: to_hex(cmap(i % cmap.N)) for i, lab in enumerate(labels)})
     USED.clear()
@@ -104,7 +104,11 @@ def _line_panels(res: Results, quantities: list[tuple[str, Metric]], panels: dic
                  style_name: str = "") -> object:
     """One row per panel, one column per quantity; a series per (defense, style key): colour = defense,
     line style = the style key (e.g. lr).  Single-point series are dropped (the caller logs them)."""
-    fig, axes = _figure(ncols=len(quantities), nrows=len(panels), width=6.0, height=3.8)
+    total = len(panels) * len(quantities)
+    ncols = len(quantities) if len(quantities) > 1 else min(2, total)
+    fig, axes = _figure(ncols=ncols, nrows=-(-total // ncols), width=6.0, height=3.8)
+    for ax in axes[total:]:
+        ax.set_visible(False)
     for r, (title, series) in enumerate(sorted(panels.items())):
         defenses = sorted({k[0] for k in series})
         styles = sorted({k[1] for k in series}, key=lambda v: (v is None, v))
@@ -164,7 +168,7 @@ def harm_vs_n(res: Results, out: Path, log: Callable[[str], None] | None = None)
         raise Skip("no malicious fine-tuning cells (advbench-N / beavertails-N) at two or more N with a harmfulness "
                    "measurement")
     fig = _line_panels(res, [(metric.key, metric)], panels, "malicious fine-tuning samples N (log)", "epochs")
-    fig.suptitle("Harmfulness after malicious fine-tuning vs number of samples (one panel per lr)")
+    fig.suptitle("Harmfulness vs malicious fine-tuning samples N (one panel per lr)")
     return _save(fig, out)
 
 
@@ -346,7 +350,8 @@ def heatmap(res: Results, out: Path) -> Path:
             for j in range(len(attacks)):
                 v = grid[i, j]
                 ax.text(j, i, "—" if np.isnan(v) else (f"{100 * v:.0f}" if metric.is_rate else f"{v:.1f}"),
-                        ha="center", va="center", fontsize="x-small")
+                        ha="center", va="center", fontsize="x-small",
+                        color="white" if not np.isnan(v) and (v - lim[0]) / (lim[1] - lim[0]) > 0.6 else "black")
         ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right", fontsize="x-small")
         ax.set_yticks(range(len(defenses)), defenses, fontsize="small")
         for lab in ax.get_yticklabels():

@@ -194,12 +194,22 @@ def worst_md(rows: list[dict], th: A.Thresholds, harm: A.HarmChoice) -> str:
 DASH = "—"
 
 
-def _v(x: A.Summary | None, percent: bool, ci: bool = True) -> str:
+def _v(x: A.Summary | None, percent: bool, ci: bool = True, sizes: set | None = None) -> str:
+    """A number with its CI; with ``sizes`` the (items, seeds) go there (stated once per table), not in the cell."""
     if x is None:
         return DASH
     if not ci:
         return f"{100 * x.mean:.1f}" if percent else f"{x.mean:.2f}"
+    if sizes is not None:
+        sizes.add((x.n_items, x.n_seeds))
+        x = A.Summary(x.mean, x.ci_lo, x.ci_hi, 1, x.seeds, x.ci_method, None)
     return x.fmt(digits=2, percent=percent)
+
+
+def _sizes_line(sizes: set) -> str:
+    parts = [f"n = {n if n else '?'} prompts pooled over {k} seed{'s' if k > 1 else ''}"
+             for n, k in sorted(sizes, key=lambda t: (t[1], t[0] or 0))]
+    return "Intervals per cell: " + "; ".join(parts) + "." if parts else ""
 
 
 def _by_backbone(settings: list[A.Setting]) -> dict[tuple[str, str], list[A.Setting]]:
@@ -234,7 +244,7 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
         cols = [s for s in res.attacked if s.model == model and s.profile == profile and s.attack_kind in A.MALICIOUS]
         names = list(dict.fromkeys(_column_name(s) for s in cols))
         header = ["defense", "Initial"] + names + ["XSTest over-refusal (%)"]
-        body = []
+        body, sizes = [], set()
         for d in defended:
             cell_of = {_column_name(s): s for s in cols if s.defended == d}
             row = dict(model=model, profile=profile, defense=d.defense_label)
@@ -243,19 +253,21 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
             for name, s in [("Initial", d)] + [(n, cell_of.get(n)) for n in names]:
                 a = res.get(s, first.key) if s is not None else None
                 b = res.get(s, second.key) if s is not None else None
-                text = DASH if a is None and b is None else f"{_v(a, first.is_rate)} / {_v(b, second.is_rate)}"
+                text = DASH if a is None and b is None else \
+                    f"{_v(a, first.is_rate, sizes=sizes)} / {_v(b, second.is_rate, sizes=sizes)}"
                 out.append(text)
                 shown[name] = text
                 row[f"{name} {first.key}"] = None if a is None else (100 * a.mean if first.is_rate else a.mean)
                 row[f"{name} {second.key}"] = None if b is None else 100 * b.mean
             xs = res.get(d, A.XSTEST_REFUSAL)
-            out.append(_v(xs, True))
+            out.append(_v(xs, True) if xs is None else f"{_v(xs, True, sizes=set())} (n={xs.n_items})")
             shown["XSTest over-refusal (%)"] = out[-1]
             row["xstest_over_refusal_pct"] = None if xs is None else 100 * xs.mean
             body.append(out)
             rows.append(row)
             html_rows.append(shown)
-        lines += [f"## {short_model(model)} ({profile} profile)", ""] + _md_table(header, body) + [""]
+        lines += [f"## {short_model(model)} ({profile} profile)", "", _sizes_line(sizes), ""]
+        lines += _md_table(header, body) + [""]
     return rows, "\n".join(lines) + "\n", html_rows
 
 
@@ -284,7 +296,7 @@ def table2_paper(res: A.Results) -> tuple[list[dict], str]:
                     (f"+{d.defense_label}", lambda q: res.get(d, q)),
                     ("+BFT", lambda q: _worst_cap(res, [s for s in mine if s.attack_kind == "bft"], q)),
                     ("+MFT", lambda q: _worst_cap(res, [s for s in mine if s.attack_kind == "mft"], q))]
-            body = []
+            body, sizes = [], set()
             for q, label in quantities:
                 base = cols[0][1](q)
                 out = [label]
@@ -297,13 +309,13 @@ def table2_paper(res: A.Results) -> tuple[list[dict], str]:
                                delta_vs_vanilla_pct=None if x is None or base is None or not base.mean or name == "Vanilla"
                                else 100 * (x.mean - base.mean) / base.mean)
                     rows.append(row)
-                    text = _v(x, True)
+                    text = _v(x, True, sizes=sizes)
                     if row["delta_vs_vanilla_pct"] is not None:
                         text += f" (Δ {row['delta_vs_vanilla_pct']:+.0f}%)"
                     out.append(text)
                 body.append(out)
             if any(x != DASH for r in body for x in r[1:]):
-                lines += [f"## {d.defense_label} — {model} ({profile} profile)", ""]
+                lines += [f"## {d.defense_label} — {short_model(model)} ({profile} profile)", "", _sizes_line(sizes), ""]
                 lines += _md_table(["task"] + [c[0] for c in cols], body) + [""]
     if not rows:
         lines.append("No capability measurements in these records (run cells with the capability stage on).")
@@ -326,11 +338,11 @@ def fa_paper(res: A.Results) -> tuple[list[dict], str]:
             out = [d.defense_label]
             for n in names:
                 x = res.get(cell_of[n], "finetune_accuracy") if n in cell_of else None
-                out.append(_v(x, True))
+                out.append(_v(x, True) if x is None else f"{_v(x, True, sizes=set())} (n={x.n_items})")
                 rows.append(dict(model=model, profile=profile, defense=d.defense_label, attack=n,
                                  value_pct=None if x is None else 100 * x.mean))
             body.append(out)
-        lines += [f"## {model} ({profile} profile)", ""] + _md_table(["defense"] + names, body) + [""]
+        lines += [f"## {short_model(model)} ({profile} profile)", ""] + _md_table(["defense"] + names, body) + [""]
     if not rows:
         lines.append("No benign fine-tuning accuracy in these records.")
     return rows, "\n".join(lines) + "\n"
@@ -348,10 +360,10 @@ def headline_md(rows: list[dict], th: A.Thresholds) -> str:
         return "\n".join(lines + ["No malicious attacks in these records.", ""]) + "\n"
     weak = sorted({(r["model"], r["profile"]) for r in rows if not r["attack_strong_enough"]})
     for m, p in weak:
-        lines += [f"**{m} ({p})**: the attacks do not break the undefended model — too weak to rank defenses.", ""]
+        lines += [f"**{short_model(m)} ({p})**: the attacks do not break the undefended model — too weak to rank defenses.", ""]
     header = ["model", "defense", "worst (all attacks)", "at", "capability-bounded worst", "at", "usable cells",
               "initial capability (norm.)", "verdict"]
-    body = [[r["model"], r["defense_label"], r["worst_text"], r["worst_cell"] or DASH, r["ub_worst_text"],
+    body = [[short_model(r["model"]), r["defense_label"], r["worst_text"], r["worst_cell"] or DASH, r["ub_worst_text"],
              r["ub_worst_cell"] or DASH, str(r["ub_n_cells"]),
              DASH if r["initial_capability_norm"] is None else f"{r['initial_capability_norm']:.2f}"
              + (" (below bound)" if r["initial_below_bound"] else ""), r["verdict"]] for r in rows]

@@ -294,7 +294,8 @@ def test_paper_shaped_tables(tmp_path):
     cells = [c.strip() for c in sdd.strip("|").split("|")]
     assert cells[2] == "—"  # sdd × advbench-10: no record
     assert cells[3].startswith("1.50 [") and " / 12.5 [" in cells[3]  # HS / HR side by side, HR in %
-    assert cells[-1].startswith("10.0 [")  # XSTest over-refusal of the defended model, %
+    assert cells[-1].startswith("10.0 [") and "(n=64)" in cells[-1]  # XSTest over-refusal, %
+    assert "Intervals per cell: n = 128 prompts pooled over 2 seeds." in t1 and "(n=" not in cells[3]
     t2 = (rep.out / "table2_paper.md").read_text()
     header = next(line for line in t2.splitlines() if line.startswith("| task |"))
     assert header.split(" | ")[1:] == ["Vanilla", "+sdd", "+BFT", "+MFT |"]
