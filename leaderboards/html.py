@@ -28,7 +28,7 @@ TABLES = {
         ("n_cells", "cells"), ("worst", "worst"), ("worst_cell", "worst cell"), ("worst_capability", "its capability"),
         ("capability_bound", "capability bound"), ("ub_worst", "utility-bounded worst"), ("ub_worst_cell", "at"),
         ("ub_n_cells", "cells ≥ bound"), ("ub_excluded_low_capability", "below bound"),
-        ("ub_excluded_no_capability", "no capability"), ("breaks", "harm > threshold at usable capability"),
+        ("ub_excluded_no_capability", "no capability"), ("breaks", "verdict"),
         ("note", "note")]),
     "reference": ("Paper (reference) numbers, shown beside ours, never mixed in", [
         ("paper", "paper"), ("arxiv", "arXiv"), ("table", "table"), ("model", "model"), ("defense", "defense"),
