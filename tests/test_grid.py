@@ -70,6 +70,9 @@ seeds: [0]
     assert resolve(spelled).attack.spec()["config"] == resolve(plain).attack.spec()["config"]  # attack trained once
     other = spec_from_mapping({"profile": "tiny", "attack": "advbench-100", "attack_options": {"lr": 1e-4}})
     assert cell_key(resolve(other)) != cell_key(resolve(plain))
+    names = {G.label(c) for c in cells}  # names carry defense options, and the default-lr spelling is gone
+    assert "sdd[lr=0.0001] × advbench-100[lr=0.0001] seed 0" in names and len(names) == 4
+    assert not any("5e-05" in n for n in names)
 
 
 def test_option_free_cell_key_is_unchanged():
