@@ -16,7 +16,7 @@ TABLES = {
         ("model", "model"), ("profile", "profile"), ("defense_label", "defense"), ("verdict", "verdict"),
         ("ub_worst", "capability-bounded worst (sort)"), ("ub_worst_text", "capability-bounded worst [95% CI]"),
         ("ub_worst_cell", "at"), ("worst_text", "worst over all attacks [95% CI]"), ("worst_cell", "at"),
-        ("ub_n_cells", "cells ≥ capability bound"), ("initial_capability_norm", "initial capability (chance-normalised)"),
+        ("ub_n_cells", "cells ≥ capability bound"), ("usable_worst_text", "worst usable harm (harmful ∧ coherent ∧ relevant)"), ("initial_capability_norm", "initial capability (chance-normalised)"),
         ("undefended_verdict", "undefended model under these attacks"), ("note", "note")]),
     "table1": ("Table 1: harmfulness under malicious fine-tuning (rows = defenses; rates in %)", []),  # columns: data
     "table2": ("Table 2: capability (lm-eval primary metric per task, their mean, benign fine-tuning accuracy)", [
