@@ -242,11 +242,12 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
     rows, html_rows, lines = [], [], ["# Table 1: harmfulness under malicious fine-tuning (paper shape)", "",
                        f"Each cell: {head}; 95% CI in brackets (Wilson for one seed, bootstrap over seeds and "
                        f"prompts for several; n = prompts pooled). {first.direction.replace('-', ' is ')} for "
-                       f"{first.label}. Only malicious attacks (MFT, poison); benign fine-tuning is in Table 2. "
+                       f"{first.label}. Only malicious fine-tuning (MFT), as in the papers' Table 1; benign fine-tuning is in "
+                       f"Table 2, poison mixes in the headline and worst_case.md. "
                        f"'{DASH}': no record for that cell. Over-refusal: keyword refusal rate on XSTest safe prompts "
                        "of the defended model (lower is better).", ""]
     for (model, profile), defended in _by_backbone(res.defended).items():
-        cols = [s for s in res.attacked if s.model == model and s.profile == profile and s.attack_kind in A.MALICIOUS]
+        cols = [s for s in res.attacked if s.model == model and s.profile == profile and s.attack_kind == "mft"]
         names = list(dict.fromkeys(_column_name(s) for s in cols))
         header = ["defense", "Initial"] + names + ["XSTest over-refusal (%)"]
         body, sizes = [], set()

@@ -285,7 +285,13 @@ def test_paper_shaped_tables(tmp_path):
             recs.append(make_record(d, "sst2-1k", dataset="sst2-train", n=1000, seed=seed, rubric0=(1.1, 0.0, 0.5),
                                     rubric=(1.2, 0.0, 0.5), cap=0.7, fa=0.9))
     recs = [r for r in recs if not (r["cell"]["defense"] == "sdd" and r["cell"]["attack"] == "advbench-10")]
+    poison = make_record("none", "sst2-1k-p0.1", dataset="sst2-train", n=1000, rubric0=(1.1, 0.0, 0.5),
+                         rubric=(4.0, 0.7, 0.0))
+    poison["cell"]["attack_kind"] = "poison"
+    recs.append(poison)
     rep = report(tmp_path, recs)
+    assert "p0.1" not in (rep.out / "table1_paper.md").read_text()  # poison mixes: headline, not Table 1
+    assert next(r for r in read_csv(rep.out / "headline.csv") if r["defense"] == "none")["n_attacks"] == "3"
     t1 = (rep.out / "table1_paper.md").read_text()
     header = next(line for line in t1.splitlines() if line.startswith("| defense |"))
     assert header.split(" | ")[1:4] == ["Initial", "advbench-10 (MFT, lr=5e-05)", "advbench-100 (MFT, lr=5e-05)"]
