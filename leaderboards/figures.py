@@ -343,13 +343,14 @@ def heatmap(res: Results, out: Path) -> Path:
         defenses = sorted({s.defense_label for s in cells})
         grid = np.full((len(defenses), len(attacks)), np.nan)
         for s in cells:
-            grid[defenses.index(s.defense_label), attacks.index(_cell_label(s))] = res.get(s, metric.key).mean
-        lim = (0.0, 1.0) if metric.is_rate else (1.0, 5.0)
+            grid[defenses.index(s.defense_label), attacks.index(_cell_label(s))] = res.get(s, metric.key).mean * \
+                (100.0 if metric.is_rate else 1.0)
+        lim = (0.0, 100.0) if metric.is_rate else (1.0, 5.0)
         im = ax.imshow(grid, cmap="Reds", vmin=lim[0], vmax=lim[1], aspect="auto")
         for i in range(len(defenses)):
             for j in range(len(attacks)):
                 v = grid[i, j]
-                ax.text(j, i, "—" if np.isnan(v) else (f"{100 * v:.0f}" if metric.is_rate else f"{v:.1f}"),
+                ax.text(j, i, "—" if np.isnan(v) else (f"{v:.0f}" if metric.is_rate else f"{v:.1f}"),
                         ha="center", va="center", fontsize="x-small",
                         color="white" if not np.isnan(v) and (v - lim[0]) / (lim[1] - lim[0]) > 0.6 else "black")
         ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right", fontsize="x-small")
@@ -358,7 +359,7 @@ def heatmap(res: Results, out: Path) -> Path:
             lab.set_color(color(lab.get_text()))
         ax.set_title(f"{metric.label}{' (%)' if metric.is_rate else ''}, {short_model(model, profile)}",
                      fontsize="medium")
-        fig.colorbar(im, ax=ax, shrink=0.8)
+        fig.colorbar(im, ax=ax, shrink=0.8, label="%" if metric.is_rate else "score")
     return _save(fig, out)
 
 

@@ -479,7 +479,8 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
     (out_dir / "report.log").write_text("\n".join(log_lines) + "\n")
     (out_dir / "index.html").write_text(H.page(
         title="sdd-bench leaderboard", summary=summary,
-        tables={"headline": head, "table1": p1_html, "table2": t2, "worst": worst}, figures=figs,
+        tables={"headline": [dict(r, model=short_model(r["model"])) for r in head], "table1": p1_html, "table2": t2,
+                "worst": worst}, figures=figs,
         reference=ref_rows, reference_sources=ref_sources, log_lines=log_lines,
         headline_intro="<p>" + H.html.escape(headline_md(head, th).split("\n\n", 2)[1]) + "</p>"
         + "".join(f"<p class='weak'><strong>{H.html.escape(r['model'])}: the attacks do not break the undefended "
