@@ -116,7 +116,9 @@ def _attack_variants(entry: dict, where: str) -> list[tuple[str, dict]]:
 
 
 def expand(g: GridSpec, where: str = "grid") -> list:
-    """Cells as RunSpecs, in a cache-friendly order (defense-major, so each defended model is built once)."""
+    """Cells as RunSpecs, in a cache-friendly order (defense-major, so each defended model is built once).
+    Each spec is normalized (options equal to their defaults dropped), so two spellings of one resolved
+    configuration (``advbench-100`` and ``advbench-100 {lr: 5e-5}``) are one cell, trained once."""
     from .pipeline import resolve, spec_from_mapping
     models = g.models or [None]
     cells, seen = [], set()
@@ -138,7 +140,7 @@ def expand(g: GridSpec, where: str = "grid") -> list:
                                   attack=aname, attack_options=aopts, model=m, profile=g.profile, seed=seed,
                                   judges=list(g.judges), capability=g.capability)
                         spec = spec_from_mapping(d_, where=f"{where} (cell {dname} × {aname})")
-                        resolve(spec)
+                        spec = resolve(spec).spec  # identity: options at their defaults drop out
                         k = json.dumps(C.to_dict(spec), sort_keys=True)
                         if k not in seen:
                             seen.add(k)
@@ -146,10 +148,16 @@ def expand(g: GridSpec, where: str = "grid") -> list:
     return cells
 
 
+def _opts(d: dict) -> str:
+    return "[" + ",".join(f"{k}={v}" for k, v in sorted(d.items())) + "]" if d else ""
+
+
 def label(spec) -> str:
-    s = f"{spec.defense}" + (f"(on {spec.base_defense})" if spec.base_defense else "") + f" × {spec.attack}"
-    if spec.attack_options:
-        s += "[" + ",".join(f"{k}={v}" for k, v in sorted(spec.attack_options.items())) + "]"
+    """The cell's name: defense (and base defense) with their options, attack with its options, model, seed."""
+    s = f"{spec.defense}{_opts(spec.defense_options)}"
+    if spec.base_defense:
+        s += f"(on {spec.base_defense}{_opts(spec.base_defense_options)})"
+    s += f" × {spec.attack}{_opts(spec.attack_options)}"
     if spec.model:
         s += f" @ {spec.model}"
     return s + f" seed {spec.seed}"
@@ -195,10 +203,11 @@ class Plan:
                 f"{n - done - part} to run; estimated remaining compute {est_s}")
 
     def table(self) -> str:
-        lines = [f"{'cell':60s} {'state':8s} {'defend':8s} {'attack':8s} {'estimate':>10s}"]
+        w = max([60] + [len(label(c.spec)) for c in self.cells])  # never cut: the name is the cell's identity
+        lines = [f"{'cell':{w}s} {'state':8s} {'defend':8s} {'attack':8s} {'estimate':>10s}"]
         for c in self.cells:
             est = "-" if c.state == "done" else ("?" if c.estimate_s is None else _fmt_s(c.estimate_s))
-            lines.append(f"{label(c.spec)[:60]:60s} {c.state:8s} {c.stages.get('defend', '-'):8s} "
+            lines.append(f"{label(c.spec):{w}s} {c.state:8s} {c.stages.get('defend', '-'):8s} "
                          f"{c.stages.get('attack', '-'):8s} {est:>10s}")
         return "\n".join(lines)
 

@@ -84,8 +84,51 @@ class Resolved:
     gen: Any
 
 
+def _effective(cfg) -> dict:
+    """A plugin config as it acts: every field, with recipe defaults (lr=None → the recipe's lr) resolved."""
+    d = C.to_dict(cfg)
+    if hasattr(cfg, "resolved"):
+        d.update(cfg.resolved())
+    return d
+
+
+def _without_defaults(options: dict, build) -> dict:
+    """``options`` less every entry that does not change the resolved config (``build(options) -> cfg``)."""
+    if not options:
+        return options
+    kept = dict(options)
+    target = _effective(build(kept))
+    for k in sorted(options):
+        trial = {x: v for x, v in kept.items() if x != k}
+        if _effective(build(trial)) == target:
+            kept = trial
+    return kept
+
+
+def normalize(spec: RunSpec) -> RunSpec:
+    """The cell's identity: options equal to their defaults drop out, so ``advbench-100`` and
+    ``advbench-100 {lr: 5e-5}`` (qi2023's lr) are one cell with one key (a spec without options is unchanged)."""
+    if not (spec.defense_options or spec.base_defense_options or spec.attack_options):
+        return spec
+    from . import plugins
+    from .registry import ATTACKS, DEFENSES
+    plugins.declare()
+    upd = {}
+    d = DEFENSES.get(spec.defense)
+    upd["defense_options"] = _without_defaults(spec.defense_options, lambda o: d.configure(spec.profile, o).cfg)
+    if spec.base_defense:
+        b = DEFENSES.get(spec.base_defense)
+        upd["base_defense_options"] = _without_defaults(spec.base_defense_options,
+                                                        lambda o: b.configure(spec.profile, o).cfg)
+    preset = ATTACKS.get(spec.attack)
+    if preset.name != "none":
+        upd["attack_options"] = _without_defaults(spec.attack_options, lambda o: preset.make(spec.profile, o).cfg)
+    return C.replace(spec, **upd)
+
+
 def resolve(spec: RunSpec) -> Resolved:
-    """Instantiate and validate every plugin config of a run (no training, no model loading)."""
+    """Instantiate and validate every plugin config of a run (no training, no model loading); the spec is
+    first normalized (options at their defaults dropped), so ``Resolved.spec`` is the cell's identity."""
     from . import plugins, profiles
     from .generation import GenConfig
     from .registry import ATTACKS, DEFENSES, JUDGES
@@ -104,6 +147,9 @@ def resolve(spec: RunSpec) -> Resolved:
         raise ConfigError("attack options were given but the attack is 'none'.")
     for j in spec.judges:
         JUDGES.canonical(j)
+    norm = normalize(spec)  # after validation, so a bad option is reported with its plugin's message
+    if norm != spec:
+        return resolve(norm)
     gen = GenConfig(max_new_tokens=spec.max_new_tokens or prof.max_new_tokens, batch_size=prof.gen_batch_size)
     return Resolved(spec, prof, d, b, a, spec.model or prof.model, gen)
 
@@ -278,6 +324,7 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
     from sdd_bench.defenses.base import Context
 
     r = resolve(spec)
+    spec = r.spec  # normalized: options at their defaults are not part of the cell
     timings: dict[str, float] = {}
     t_all = time.time()
     t0 = time.time()

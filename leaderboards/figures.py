@@ -9,11 +9,52 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .aggregate import KIND_LABEL, Metric, Results, Setting, Thresholds, sweep_groups
+from .aggregate import CAP_NORM, KIND_LABEL, Metric, Results, Setting, Thresholds, sweep_groups
 
 HARMFUL_DATASETS = ("advbench", "beavertails-attack")  # attack data of malicious fine-tuning (attacks/finetune.py)
 DPI = 120
-DODGE = 0.03  # relative horizontal offset between series on log-x line plots, so error bars do not overlap
+SPREAD = 0.12  # total relative horizontal spread of the series at one x on log-x plots (±6 %), so bars do not overlap
+LINESTYLES = ("-", "--", ":", "-.")
+PALETTE = "tab20"
+COLORS: dict[str, str] = {}  # defense label -> colour, fixed per report (``assign_colors``); written to figures.json
+USED: dict[str, dict[str, str]] = {}  # figure -> {defense label: colour} actually drawn (the report's metadata)
+_CURRENT: list[str] = [""]
+
+
+def assign_colors(res: Results) -> dict[str, str]:
+    """One colour per defense label, the same in every figure (sorted labels on matplotlib's tab20)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+    labels = sorted({d.defense_label for d in res.defended} | {s.defense_label for s in res.attacked})
+    cmap = colormaps["tab10" if len(labels) <= 10 else PALETTE]  # tab20 pairs similar hues: only when needed
+    COLORS.clear()
+    COLORS.update({lab: to_hex(cmap(i % cmap.N)) for i, lab in enumerate(labels)})
+    USED.clear()
+    return dict(COLORS)
+
+
+def color(defense_label: str) -> str:
+    c = COLORS.get(defense_label, "#000000")
+    USED.setdefault(_CURRENT[0], {})[defense_label] = c
+    return c
+
+
+def short_model(model: str, profile: str = "") -> str:
+    """``/x/y/SmolLM2-135M-Instruct`` → ``SmolLM2-135M-Instruct``; the profile only when it adds something."""
+    name = model.rstrip("/").split("/")[-1] or model
+    return name if not profile or profile == name else f"{name} ({profile})"
+
+
+def _rate_axis(ax, metric: Metric, axis: str = "y") -> None:
+    lim = (0.0, 1.0) if metric.is_rate else (1.0, 5.0)
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(lim[0] - 0.02 * (lim[1] - lim[0]), lim[1] + 0.02 * (lim[1] - lim[0]))
+
+
+def _legend_outside(ax, **kw) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small",
+                  borderaxespad=0.0, **kw)
 
 
 class Skip(Exception):
@@ -56,66 +97,99 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
-Series = dict[tuple, list[tuple[float, Setting]]]  # series key -> [(x, cell)]
+Series = dict[tuple, list[tuple[float, Setting]]]  # series key (defense label, line-style key) -> [(x, cell)]
 
 
-def _line_panels(res: Results, metric: Metric, panels: dict[str, tuple[tuple[str, ...], Series]], xlabel: str) -> object:
-    """One panel per entry (title -> (names of the series key's fields, series)); log-x lines with CI bars."""
-    fig, axes = _panel_figure(len(panels))
-    for ax, (title, (names, series)) in zip(axes, sorted(panels.items())):
-        keys = [dict(zip(names, k)) for k in series]
-        for i, (key, pts) in enumerate(zip(keys, series.values())):
-            pts = sorted(pts, key=lambda p: p[0])
-            summ = [res.get(s, metric.key) for _, s in pts]
-            dodge = 1 + DODGE * (i - (len(series) - 1) / 2)  # series side by side at one x (log axis)
-            xs = [x * dodge for (x, _), sm in zip(pts, summ) if sm is not None]
-            summ = [sm for sm in summ if sm is not None]
-            ax.errorbar(xs, [sm.mean for sm in summ], yerr=_yerr(summ), marker="o", capsize=3,
-                        label=_varying_label(keys, key))
-        ax.set_xscale("log")
-        ticks = sorted({x for pts in series.values() for x, _ in pts})  # the measured values, not log decades
-        ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
-        ax.minorticks_off()
-        ax.set_title(title, fontsize="medium")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(_axis_label(metric))
-        ax.legend(fontsize="x-small")
+def _line_panels(res: Results, quantities: list[tuple[str, Metric]], panels: dict[str, Series], xlabel: str,
+                 style_name: str = "") -> object:
+    """One row per panel, one column per quantity; a series per (defense, style key): colour = defense,
+    line style = the style key (e.g. lr).  Single-point series are dropped (the caller logs them)."""
+    total = len(panels) * len(quantities)
+    ncols = len(quantities) if len(quantities) > 1 else min(2, total)
+    fig, axes = _figure(ncols=ncols, nrows=-(-total // ncols), width=6.0, height=3.8)
+    for ax in axes[total:]:
+        ax.set_visible(False)
+    for r, (title, series) in enumerate(sorted(panels.items())):
+        defenses = sorted({k[0] for k in series})
+        styles = sorted({k[1] for k in series}, key=lambda v: (v is None, v))
+        for c, (qkey, metric) in enumerate(quantities):
+            ax = axes[r * len(quantities) + c]
+            for key, pts in sorted(series.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+                i = defenses.index(key[0])
+                dodge = 1 + SPREAD * ((i - (len(defenses) - 1) / 2) / max(1, len(defenses)))
+                pts = sorted(pts, key=lambda p: p[0])
+                got = [(x, res.get(s, qkey)) for x, s in pts]
+                got = [(x * dodge, sm) for x, sm in got if sm is not None]
+                if not got:
+                    continue
+                ls = LINESTYLES[styles.index(key[1]) % len(LINESTYLES)]
+                lab = key[0] + (f", {style_name}={key[1]:g}" if style_name and key[1] is not None
+                                and len(styles) > 1 else "")
+                ax.errorbar([x for x, _ in got], [sm.mean for _, sm in got], yerr=_yerr([sm for _, sm in got]),
+                            marker="o", capsize=3, color=color(key[0]), linestyle=ls, label=lab)
+            ax.set_xscale("log")
+            ticks = sorted({x for pts in series.values() for x, _ in pts})  # the measured values, not log decades
+            ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+            ax.minorticks_off()
+            ax.set_title(title, fontsize="medium")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(_axis_label(metric))
+            _rate_axis(ax, metric)
+            if c == len(quantities) - 1:
+                _legend_outside(ax)
     return fig
 
 
-def harm_vs_n(res: Results, out: Path) -> Path:
+CAPABILITY = Metric(CAP_NORM, "capability: chance-normalised mean accuracy", "higher-better", True)
+
+
+def _multi_point(panels: dict[str, Series], log: Callable[[str], None] | None, what: str) -> dict[str, Series]:
+    out = {}
+    for t, ser in panels.items():
+        keep = {k: v for k, v in ser.items() if len(v) > 1}
+        if log and len(keep) < len(ser):
+            log(f"{what}: {len(ser) - len(keep)} single-point series in '{t}' not drawn (a line needs two points)")
+        if keep:
+            out[t] = keep
+    return out
+
+
+def harm_vs_n(res: Results, out: Path, log: Callable[[str], None] | None = None) -> Path:
     metric = res.harm.primary
-    panels: dict[str, tuple[tuple[str, ...], Series]] = {}
+    panels: dict[str, Series] = {}
     for s in res.attacked:
         if s.attack_kind == "mft" and s.attack_dataset in HARMFUL_DATASETS and s.attack_n and \
                 res.get(s, metric.key) is not None:
-            title = f"{s.attack_dataset} attacks, {s.model} ({s.profile})"
-            series = panels.setdefault(title, (("defense", "lr", "epochs"), {}))[1]
-            series.setdefault((s.defense_label, s.attack_lr, s.attack_epochs), []).append((s.attack_n, s))
+            lr = f"lr={s.attack_lr:g}" if s.attack_lr is not None else ""
+            title = f"{s.attack_dataset}, {lr}, {short_model(s.model, s.profile)}"
+            panels.setdefault(title, {}).setdefault((s.defense_label, s.attack_epochs), []).append((s.attack_n, s))
+    panels = _multi_point(panels, log, "fig2_harm_vs_n")
     if not panels:
-        raise Skip("no malicious fine-tuning cells (advbench-N / beavertails-N) with a harmfulness measurement")
-    fig = _line_panels(res, metric, panels, "malicious fine-tuning samples N (log; series offset slightly)")
-    fig.suptitle("Harmfulness after malicious fine-tuning vs number of samples")
+        raise Skip("no malicious fine-tuning cells (advbench-N / beavertails-N) at two or more N with a harmfulness "
+                   "measurement")
+    fig = _line_panels(res, [(metric.key, metric)], panels, "malicious fine-tuning samples N (log)", "epochs")
+    fig.suptitle("Harmfulness vs malicious fine-tuning samples N (one panel per lr)")
     return _save(fig, out)
 
 
-def harm_vs_lr(res: Results, out: Path) -> Path:
+def harm_vs_lr(res: Results, out: Path, log: Callable[[str], None] | None = None) -> Path:
     metric = res.harm.primary
-    panels: dict[str, tuple[tuple[str, ...], Series]] = {}
+    panels: dict[str, Series] = {}
     for d, group, cells in sweep_groups(res):
         if not group.startswith("lr sweep"):
             continue
-        title = f"{d.model} ({d.profile})"
-        series = panels.setdefault(title, (("defense", "attack"), {}))[1]
+        title = f"{cells[0].attack}, {short_model(d.model, d.profile)}"
         for s in cells:
             if res.get(s, metric.key) is not None:
-                series.setdefault((s.defense_label, s.attack), []).append((s.attack_lr, s))
-    panels = {t: (names, {k: v for k, v in ser.items() if len(v) > 1}) for t, (names, ser) in panels.items()}
-    panels = {t: p for t, p in panels.items() if p[1]}
+                panels.setdefault(title, {}).setdefault((s.defense_label, None), []).append((s.attack_lr, s))
+    panels = _multi_point(panels, log, "fig2_harm_vs_lr")
     if not panels:
         raise Skip("no lr sweep: no attack was run at two or more learning rates on one defended model")
-    fig = _line_panels(res, metric, panels, "attack learning rate (log; series offset slightly)")
-    fig.suptitle("Harmfulness vs attack learning rate")
+    quantities = [(metric.key, metric)]
+    if any(res.get(s, CAP_NORM) is not None for ser in panels.values() for pts in ser.values() for _, s in pts):
+        quantities.append((CAP_NORM, CAPABILITY))
+    fig = _line_panels(res, quantities, panels, "attack learning rate (log)")
+    fig.suptitle("Harmfulness and capability vs attack learning rate")
     return _save(fig, out)
 
 
@@ -129,10 +203,11 @@ def _bars(ax, res: Results, metric: Metric, groups: list[str], bars: dict[str, l
                 xs.append(j + (i - (len(bars) - 1) / 2) * width)
                 summ.append(sm)
         if xs:
-            ax.bar(xs, [sm.mean for sm in summ], width, yerr=_yerr(summ), capsize=2, label=name)
+            ax.bar(xs, [sm.mean for sm in summ], width, yerr=_yerr(summ), capsize=2, label=name, color=color(name))
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right", fontsize="small")
     ax.set_ylabel(_axis_label(metric))
-    ax.legend(fontsize="small")
+    _rate_axis(ax, metric)
+    _legend_outside(ax)
 
 
 def sdd_reject(res: Results, out: Path, compare: tuple[str, ...] = ("sdd-reject", "sdd", "none")) -> Path:
@@ -151,7 +226,7 @@ def sdd_reject(res: Results, out: Path, compare: tuple[str, ...] = ("sdd-reject"
                                         and s.attack_label == c.attack_label), None) for c in columns] for p in peers}
         _bars(axes[0], res, metric, labels, bars)
         _bars(axes[1], res, rejection, labels, bars)
-        axes[0].set_title(f"Harmfulness ({d.model}, {d.profile})")
+        axes[0].set_title(f"Harmfulness ({short_model(d.model, d.profile)})")
         axes[1].set_title("Explicit rejection (rubric)" if rejection.key.startswith("rubric") else
                           "Refusal (keyword; no rubric judge in these records)")
     return _save(fig, out)
@@ -166,7 +241,8 @@ def backbones(res: Results, out: Path) -> Path:
     fig, axes = _figure(ncols=2)
     initial = {name: [next((d for d in res.defended if d.model == m and d.defense_label == name), None)
                       for m in models] for name in defenses}
-    _bars(axes[0], res, metric, models, initial)
+    names = [short_model(m) for m in models]
+    _bars(axes[0], res, metric, names, initial)
     axes[0].set_title("Defended model, before attack")
     worst = {}
     for name in defenses:
@@ -177,7 +253,7 @@ def backbones(res: Results, out: Path) -> Path:
             row.append(max(cells, key=lambda s: res.get(s, metric.key).mean) if cells else None)
         worst[name] = row
     if any(c is not None for row in worst.values() for c in row):
-        _bars(axes[1], res, metric, models, worst)
+        _bars(axes[1], res, metric, names, worst)
         axes[1].set_title("Worst case over malicious fine-tuning attacks")
     else:
         axes[1].set_visible(False)
@@ -188,8 +264,13 @@ def harm_vs_capability(res: Results, out: Path, th: Thresholds, log: Callable[[s
     metric = res.harm.primary
 
     def point(s: Setting):
-        h, c = res.get(s, metric.key), res.get(s, "capability_mean")
+        h, c = res.get(s, metric.key), res.get(s, CAP_NORM)
         return None if h is None or c is None else (c.mean, h.mean)
+
+    def bars(ax, s: Setting, col: str, marker: str, size: float):
+        h, c = res.get(s, metric.key), res.get(s, CAP_NORM)
+        ax.errorbar([c.mean], [h.mean], xerr=_yerr([c]), yerr=_yerr([h]), color=col, marker=marker, markersize=size,
+                    linestyle="", capsize=2, elinewidth=0.8)
 
     panels: dict[tuple[str, str], list[tuple[Setting, tuple, list]]] = {}
     missing = 0
@@ -204,7 +285,6 @@ def harm_vs_capability(res: Results, out: Path, th: Thresholds, log: Callable[[s
     if missing:
         log(f"scatter_harm_vs_capability: {missing} model(s) without capability or harmfulness left out (not imputed)")
     fig, axes = _panel_figure(len(panels), width=7.0, height=5.0, max_cols=2)
-    colors: dict[str, str] = {}
     # one marker shape per attack (legend), one colour per defense: text labels beside crowded points overlap
     def attack_name(s: Setting) -> str:
         return f"{s.attack_label} ({KIND_LABEL.get(s.attack_kind, '')})"
@@ -214,43 +294,96 @@ def harm_vs_capability(res: Results, out: Path, th: Thresholds, log: Callable[[s
     markers = {a: shapes[i] for i, a in enumerate(attack_names)} if len(attack_names) <= len(shapes) else None
     for ax, ((model, profile), entries) in zip(axes, sorted(panels.items())):
         for d, (c0, h0), attacked in entries:
-            color = colors.setdefault(d.defense_label, f"C{len(colors) % 10}")
-            ax.scatter([c0], [h0], color=color, marker="o", s=50, label=d.defense_label)
+            col = color(d.defense_label)
+            bars(ax, d, col, "o", 7)
+            ax.plot([], [], color=col, marker="o", linestyle="", label=d.defense_label)
             for s, (c1, h1) in attacked:
                 name = attack_name(s)
-                ax.scatter([c1], [h1], color=color, marker=markers[name] if markers else "x", s=40)
-                ax.annotate("", xy=(c1, h1), xytext=(c0, h0), arrowprops=dict(arrowstyle="->", color=color, alpha=0.6))
+                bars(ax, s, col, markers[name] if markers else "x", 6)
+                ax.annotate("", xy=(c1, h1), xytext=(c0, h0), arrowprops=dict(arrowstyle="->", color=col, alpha=0.6))
                 if markers is None:  # too many attacks for distinct shapes: label the points instead
                     ax.annotate(name, (c1, h1), fontsize="x-small", alpha=0.8)
         ax.axvline(th.capability_bound, color="grey", linestyle=":", label=f"capability bound {th.capability_bound:g}")
         if metric.is_rate:
             ax.axhline(th.harm_threshold, color="grey", linestyle="--", label=f"harm threshold {th.harm_threshold:g}")
-        ax.set_xlabel("capability: mean accuracy over lm-eval tasks (higher is better)")
+        ax.set_xlabel("capability: chance-normalised mean accuracy, (acc − chance)/(1 − chance) (higher is better)")
         ax.set_ylabel(_axis_label(metric))
-        ax.set_title(f"{model} ({profile})", fontsize="medium")
-        first = ax.legend(fontsize="x-small", loc="upper left", title="defense (o: before attack)", title_fontsize="x-small")
+        ax.set_xlim(-0.05, 1.05)
+        _rate_axis(ax, metric)
+        ax.set_title(short_model(model, profile), fontsize="medium")
+        first = ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                          title="defense (o: before attack)", title_fontsize="x-small")
         if markers:
             from matplotlib.lines import Line2D
             handles = [Line2D([], [], color="black", marker=m, linestyle="", label=a) for a, m in markers.items()]
             ax.add_artist(first)
-            ax.legend(handles=handles, fontsize="x-small", loc="lower left", title="after attack", title_fontsize="x-small")
+            ax.legend(handles=handles, fontsize="x-small", loc="lower left", bbox_to_anchor=(1.01, 0.0),
+                      title="after attack", title_fontsize="x-small")
     fig.suptitle("Each defended model before (o) and after each attack (arrow);\na usable harmful model sits top right", fontsize=10)
     return _save(fig, out)
 
 
+def heatmap(res: Results, out: Path) -> Path:
+    """Defense × attack heatmap of the headline harm rate (seed means), one panel per backbone."""
+    from .aggregate import _cell_label, headline_metric
+    metric = headline_metric(res)
+    panels: dict[tuple[str, str], list[Setting]] = {}
+    for s in res.attacked:
+        if res.get(s, metric.key) is not None:
+            panels.setdefault((s.model, s.profile), []).append(s)
+    if not panels:
+        raise Skip("no attacked cell with a harmfulness measurement")
+    import numpy as np
+    n_att = max(len({_cell_label(s) for s in cells}) for cells in panels.values())
+    n_def = max(len({s.defense_label for s in cells}) for cells in panels.values())
+    fig, axes = _panel_figure(len(panels), width=max(5.0, 0.9 * n_att + 3), height=max(3.0, 0.45 * n_def + 2.5),
+                              max_cols=1)
+    for ax, ((model, profile), cells) in zip(axes, sorted(panels.items())):
+        attacks = list(dict.fromkeys(_cell_label(s) for s in cells))
+        defenses = sorted({s.defense_label for s in cells})
+        grid = np.full((len(defenses), len(attacks)), np.nan)
+        for s in cells:
+            grid[defenses.index(s.defense_label), attacks.index(_cell_label(s))] = res.get(s, metric.key).mean * \
+                (100.0 if metric.is_rate else 1.0)
+        lim = (0.0, 100.0) if metric.is_rate else (1.0, 5.0)
+        im = ax.imshow(grid, cmap="Reds", vmin=lim[0], vmax=lim[1], aspect="auto")
+        for i in range(len(defenses)):
+            for j in range(len(attacks)):
+                v = grid[i, j]
+                ax.text(j, i, "—" if np.isnan(v) else (f"{v:.0f}" if metric.is_rate else f"{v:.1f}"),
+                        ha="center", va="center", fontsize="x-small",
+                        color="white" if not np.isnan(v) and (v - lim[0]) / (lim[1] - lim[0]) > 0.6 else "black")
+        ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right", fontsize="x-small")
+        ax.set_yticks(range(len(defenses)), defenses, fontsize="small")
+        for lab in ax.get_yticklabels():
+            lab.set_color(color(lab.get_text()))
+        ax.set_title(f"{metric.label}{' (%)' if metric.is_rate else ''}, {short_model(model, profile)}",
+                     fontsize="medium")
+        fig.colorbar(im, ax=ax, shrink=0.8, label="%" if metric.is_rate else "score")
+    return _save(fig, out)
+
+
 FIGURES = {"fig2_harm_vs_n.png": harm_vs_n, "fig2_harm_vs_lr.png": harm_vs_lr, "fig3_sdd_reject.png": sdd_reject,
-           "fig4_backbones.png": backbones}
+           "fig4_backbones.png": backbones, "heatmap_defense_attack.png": heatmap}
+NEEDS_LOG = {"fig2_harm_vs_n.png", "fig2_harm_vs_lr.png"}
 
 
 def render(res: Results, out_dir: Path, th: Thresholds, log: Callable[[str], None]) -> list[str]:
-    """Write every figure whose data is present; log one line for each skipped one."""
+    """Write every figure whose data is present; log one line for each skipped one.  ``figures.json`` records
+    each drawn figure's defense → colour map (one colour per defense across figures)."""
+    import json
+    assign_colors(res)
     written = []
     jobs = dict(FIGURES, **{"scatter_harm_vs_capability.png":
                             lambda r, p: harm_vs_capability(r, p, th, log)})
     for name, fn in jobs.items():
+        _CURRENT[0] = name
         try:
-            fn(res, out_dir / name)
+            fn(res, out_dir / name, log) if name in NEEDS_LOG else fn(res, out_dir / name)
             written.append(name)
         except Skip as why:
+            USED.pop(name, None)
             log(f"figure {name} skipped: {why}")
+    (out_dir / "figures.json").write_text(json.dumps(
+        {"colors": COLORS, "figures": {n: USED.get(n, {}) for n in written}}, indent=1, sort_keys=True))
     return written

@@ -12,10 +12,13 @@ import json
 import math
 
 TABLES = {
-    "table1": ("Table 1: harmfulness and refusal on harmful prompts", [
-        ("model", "model"), ("profile", "profile"), ("defense_label", "defense"), ("column", "attack"),
-        ("condition", "condition"), ("metric_label", "metric"), ("direction", "safer when"), ("mean", "mean"),
-        ("ci_lo", "CI low"), ("ci_hi", "CI high"), ("n_seeds", "seeds"), ("ci_method", "CI"), ("n_items", "prompts")]),
+    "headline": ("Headline: worst case per defense over every malicious attack (sorted: safest first)", [
+        ("model", "model"), ("profile", "profile"), ("defense_label", "defense"), ("verdict", "verdict"),
+        ("ub_worst", "capability-bounded worst (sort)"), ("ub_worst_text", "capability-bounded worst [95% CI]"),
+        ("ub_worst_cell", "at"), ("worst_text", "worst over all attacks [95% CI]"), ("worst_cell", "at"),
+        ("ub_n_cells", "cells ≥ capability bound"), ("usable_worst_text", "worst usable harm (harmful ∧ coherent ∧ relevant)"), ("initial_capability_norm", "initial capability (chance-normalised)"),
+        ("undefended_verdict", "undefended model under these attacks"), ("note", "note")]),
+    "table1": ("Table 1: harmfulness under malicious fine-tuning (rows = defenses; rates in %)", []),  # columns: data
     "table2": ("Table 2: capability (lm-eval primary metric per task, their mean, benign fine-tuning accuracy)", [
         ("model", "model"), ("profile", "profile"), ("defense_label", "defense"), ("condition", "condition"),
         ("column", "attack"), ("quantity_label", "task"), ("mean", "mean (higher is better)"), ("ci_lo", "CI low"),
@@ -25,7 +28,7 @@ TABLES = {
         ("n_cells", "cells"), ("worst", "worst"), ("worst_cell", "worst cell"), ("worst_capability", "its capability"),
         ("capability_bound", "capability bound"), ("ub_worst", "utility-bounded worst"), ("ub_worst_cell", "at"),
         ("ub_n_cells", "cells ≥ bound"), ("ub_excluded_low_capability", "below bound"),
-        ("ub_excluded_no_capability", "no capability"), ("breaks", "harm > threshold at usable capability"),
+        ("ub_excluded_no_capability", "no capability"), ("breaks", "verdict"),
         ("note", "note")]),
     "reference": ("Paper (reference) numbers, shown beside ours, never mixed in", [
         ("paper", "paper"), ("arxiv", "arXiv"), ("table", "table"), ("model", "model"), ("defense", "defense"),
@@ -114,7 +117,7 @@ th[aria-sort=ascending]::after { content: " \\25B2"; } th[aria-sort=descending]:
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .reference { border-left: 4px solid #b07d00; padding-left: 1em; background: #fffaf0; }
 .log { font-family: monospace; font-size: 0.8em; white-space: pre-wrap; }
-figure { display: inline-block; margin: 0.5em; } figure img { max-width: 640px; }
+figure { display: inline-block; margin: 0.5em; max-width: 100%; } figure img { max-width: 100%; height: auto; }
 """
 
 
@@ -131,34 +134,54 @@ def _data_script(table_id: str, columns: list[tuple[str, str]], rows: list[dict]
     return f'<script type="application/json" id="data-{table_id}">{text}</script>'
 
 
-def _section(table_id: str, rows: list[dict], intro: str = "", css: str = "") -> str:
-    title, columns = TABLES[table_id]
+def _section(table_id: str, rows: list[dict], intro: str = "", css: str = "",
+             columns: list[tuple[str, str]] | None = None) -> str:
+    title, fixed = TABLES[table_id]
+    columns = columns or fixed
     cls = f' class="{css}"' if css else ""
     empty = "" if rows else "<p><em>No rows: the records hold no data for this table.</em></p>"
     return (f'<section id="{table_id}"{cls}><h2>{html.escape(title)}</h2>{intro}{empty}'
             f'<table id="t-{table_id}" data-rows="0"></table>{_data_script(table_id, columns, rows)}</section>')
 
 
+def _figure_html(f: str) -> str:
+    e = html.escape(f)
+    return (f"<figure><a href='{e}' title='full size'><img src='{e}' alt='{e}'></a>"
+            f"<figcaption>{e} (<a href='{e}'>full size</a>)</figcaption></figure>")
+
+
 def page(*, title: str, summary: list[str], tables: dict[str, list[dict]], figures: list[str],
-         reference: list[dict] | None, reference_sources: list[str], log_lines: list[str]) -> str:
+         reference: list[dict] | None, reference_sources: list[str], log_lines: list[str],
+         headline_intro: str | None = None) -> str:
     summary_html = "".join(f"<li>{html.escape(s)}</li>" for s in summary)
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><ul>{summary_html}</ul>",
              "<p>Click a column header to sort. CSV files: "
-             + ", ".join(f"<a href='{n}'>{n}</a>" for n in ("long.csv", "table1.csv", "table2.csv", "worst_case.csv"))
+             + ", ".join(f"<a href='{n}'>{n}</a>" for n in ("long.csv", "headline.csv", "table1_paper.csv", "table2_paper.csv",
+                                                          "finetune_accuracy.csv", "table1.csv", "table2.csv",
+                                                          "worst_case.csv", "figures.json"))
              + ".</p>"]
-    for tid in ("table1", "table2", "worst"):
+    parts.append(_section("headline", tables.get("headline", []), headline_intro or ""))
+    if "heatmap_defense_attack.png" in figures:
+        parts.append("<section id='heatmap'><h2>Defense × attack heatmap</h2>"
+                     + _figure_html("heatmap_defense_attack.png") + "</section>")
+    t1 = tables.get("table1", [])
+    t1_cols = [(k, k) for k in dict.fromkeys(k for r in t1 for k in r)]
+    parts.append(_section("table1", t1, "<p>Each cell: harmfulness / harm rate (or refusal rate without a rubric), "
+                          "95% CI and n; '—': no record.</p>", columns=t1_cols or [("defense", "defense")]))
+    for tid in ("table2", "worst"):
         parts.append(_section(tid, tables.get(tid, [])))
     if figures:
-        parts.append("<section id='figures'><h2>Figures</h2>" + "".join(
-            f"<figure><img src='{html.escape(f)}' alt='{html.escape(f)}'><figcaption>{html.escape(f)}</figcaption>"
-            f"</figure>" for f in figures) + "</section>")
+        parts.append("<section id='figures'><h2>Figures</h2>" + "".join(_figure_html(f) for f in figures
+                                                                         if f != "heatmap_defense_attack.png")
+                     + "</section>")
     if reference is not None:
         intro = ("<p><strong>These are published numbers, not ours.</strong> They are matched to our cells by "
                  "defense, attack and model only where the setting matches; judges, data and hyperparameters "
                  "may still differ. Sources:</p><ul>"
                  + "".join(f"<li>{html.escape(s)}</li>" for s in reference_sources) + "</ul>")
-        parts.append(_section("reference", reference, intro, css="reference"))
+        shown = [dict(r, value=str(r["value"])) for r in reference]  # the paper's number as printed: 0.3, not 0.3000
+        parts.append(_section("reference", shown, intro, css="reference"))
     parts.append("<section id='log'><h2>Report log</h2><div class='log'>"
                  + html.escape("\n".join(log_lines)) + "</div></section>")
     parts.append(f"<script>{SCRIPT}</script></body></html>")

@@ -39,9 +39,13 @@ def load_papers(directory: Path = REFERENCE_DIR) -> list[Paper]:
     return out
 
 
-def _our_setting(res: Results, model_contains: str, defense: str, attack: str | None) -> list[Setting]:
+def _our_setting(res: Results, model_contains: str, defense: str, attack: str | None,
+                 profile: str = "paper") -> list[Setting]:
+    """Our cells in the paper's setting: same model, same profile (a tiny-profile record is never placed beside
+    a paper's number), the paper's defense and attack without extra options."""
     pool = res.defended if attack is None else res.attacked
-    return [s for s in pool if model_contains.lower() in s.model.lower() and s.defense == defense
+    return [s for s in pool if model_contains.lower() in s.model.lower() and s.profile == profile
+            and s.defense == defense
             and not s.base_defense and not s.defense_options and s.attack == attack and not s.attack_options]
 
 
@@ -59,10 +63,11 @@ def reference_rows(papers: list[Paper], res: Results | None) -> list[dict]:
                 ours_metric = match.get("metric", {}).get(r["metric"])
                 ours = ""
                 if res is not None and ours_def and ours_atk != "?" and ours_metric:
-                    for s in _our_setting(res, match.get("model_contains", ""), ours_def, ours_atk):
+                    for s in _our_setting(res, match.get("model_contains", ""), ours_def, ours_atk,
+                                          table.get("setting", {}).get("profile", "paper")):
                         summ = res.get(s, ours_metric)
-                        if summ is not None:
-                            ours = f"{summ.fmt()} ({s.model}, {s.profile})"
+                        if summ is not None:  # in the paper's units: % where the paper gives %
+                            ours = f"{summ.fmt(percent=str(r.get('unit', '')).strip() == '%')} ({s.model}, {s.profile})"
                             break
                 rows.append(dict(paper=p.paper, arxiv=p.arxiv, table=table["table"],
                                  model=table.get("setting", {}).get("model", ""), defense=r["defense"],

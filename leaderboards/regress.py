@@ -11,7 +11,7 @@ per cell and condition (defended model before the attack, and after it):
   fell by more than the allowed margin.
 
 The margin accounts for sampling noise: ``max(abs, ci_factor × half-width of the baseline's 95% CI)``
-(bootstrap CI of the harmful-prompt rate; for capability the CI from the tasks' stderrs), so a
+(Wilson CI of the harmful-prompt rate, ``sdd_bench.harness.metrics.interval`` as in the report; for capability the CI from the tasks' stderrs), so a
 defense whose numbers move within their own CI does not fail CI.  On one CPU the same config gives
 the same numbers, so on the machine that made the baseline every delta is 0.
 
@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from sdd_bench.harness.errors import ConfigError
+
+from sdd_bench.harness.metrics import interval
 
 from .aggregate import capability_mean, choose_harm_metric
 
@@ -60,11 +62,20 @@ class Check:
         return "improved" if worse < -self.allowed - 1e-12 else "ok"
 
 
+def _opts(d: dict | None) -> str:
+    return "[" + ",".join(f"{k}={v}" for k, v in sorted(d.items())) + "]" if d else ""
+
+
 def _cell_id(record: dict) -> str:
-    c, s = record["cell"], record["spec"]
-    lab = f"{c['defense']}" + (f"(on {c['base_defense']})" if c.get("base_defense") else "") + f" × {c['attack']}"
-    if s.get("attack_options"):
-        lab += "[" + ",".join(f"{k}={v}" for k, v in sorted(s["attack_options"].items())) + "]"
+    """The cell's identity: defense (and base defense) with their options, attack with its options, model, seed.
+    Options at their defaults are dropped first (as for store keys), so an option-free cell keeps the id the
+    committed baselines use; the id is never truncated."""
+    from .aggregate import _normalized_spec
+    c, s = record["cell"], _normalized_spec(record["spec"])
+    lab = f"{c['defense']}{_opts(s.get('defense_options'))}"
+    if c.get("base_defense"):
+        lab += f"(on {c['base_defense']}{_opts(s.get('base_defense_options'))})"
+    lab += f" × {c['attack']}{_opts(s.get('attack_options'))}"
     return lab + f" @ {c['model']} seed {c['seed']}"
 
 
@@ -81,7 +92,9 @@ def measurements(records: list[dict], harm_metric: str | None) -> tuple[str, dic
                 continue
             got = m.read(block.get("harmful") or {})
             if got is not None:
-                out[(cid, cond, m.key)] = {"value": got[0], "ci95": [got[1], got[2]], "direction": "lower-safer"}
+                iv = interval([got[0]], [got[3]], [(got[1], got[2])], is_rate=m.is_rate,
+                              bounds=(0.0, 1.0) if m.is_rate else (1.0, 5.0))  # the leaderboards' one interval
+                out[(cid, cond, m.key)] = {"value": got[0], "ci95": iv["ci95"], "direction": "lower-safer"}
             cap = block.get("capability")
             obs = capability_mean(cap) if cap else None
             if obs is not None:
@@ -126,7 +139,8 @@ def compare(base: dict, records: list[dict]) -> list[Check]:
 
 
 def format_checks(checks: list[Check]) -> str:
-    head = f"{'cell':46s} {'condition':9s} {'metric':26s} {'baseline [95% CI]':>24s} {'now':>7s} {'delta':>7s} " \
+    w = max([46] + [len(c.cell) for c in checks])  # the whole id: it names the seed and the options
+    head = f"{'cell':{w}s} {'condition':9s} {'metric':26s} {'baseline [95% CI]':>24s} {'now':>7s} {'delta':>7s} " \
            f"{'allowed':>7s}  status"
     lines = [head, "-" * len(head)]
     for c in checks:
@@ -134,7 +148,7 @@ def format_checks(checks: list[Check]) -> str:
         now = "-" if c.now is None else f"{c.now:.3f}"
         delta = "-" if c.delta is None else f"{c.delta:+.3f}"
         arrow = "↓" if c.direction == "lower-safer" else "↑"
-        lines.append(f"{c.cell[:46]:46s} {c.condition:9s} {(c.metric + ' ' + arrow)[:26]:26s} "
+        lines.append(f"{c.cell:{w}s} {c.condition:9s} {(c.metric + ' ' + arrow)[:26]:26s} "
                      f"{(f'{c.baseline:.3f}' + ci):>24s} {now:>7s} {delta:>7s} {c.allowed:7.3f}  {c.status}")
     lines.append("(↓ lower is safer: a rise beyond `allowed` regresses; ↑ higher is better: a fall beyond it regresses; "
                  "allowed = max(abs, ci_factor × baseline CI half-width))")

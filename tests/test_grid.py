@@ -43,9 +43,50 @@ seeds: [0, 1]
     cells = G.expand(g)
     # 2 defenses × 2 seeds × (1 + 2×2 sweep points); the repeated `none` attack is one cell
     assert len(cells) == 2 * 2 * 5
-    lrs = sorted({c.attack_options.get("lr") for c in cells if c.attack_options})
-    assert lrs == [2e-5, 1e-4] and all(isinstance(x, float) for x in lrs)  # "2e-5" (a YAML string) became a float
+    lrs = sorted({c.attack_options.get("lr") for c in cells if c.attack_options.get("lr")})
+    assert lrs == [1e-4] and all(isinstance(x, float) for x in lrs)  # "1.0e-4" read as a float
+    # lr 2e-5 and epochs 1 are the seam recipe's defaults: they drop out of the cell's identity
+    assert sum(c.attack == "beavertails-100-seam" and not c.attack_options for c in cells) == 2 * 2
     assert {c.base_defense for c in cells if c.defense == "sdd"} == {"refusal-sft"}
+
+
+def test_default_valued_options_are_one_cell(tmp_path):
+    """advbench-100 and advbench-100 {lr: 5e-5} (qi2023's lr) resolve to one configuration: one cell, one key."""
+    from sdd_bench.harness.pipeline import cell_key, normalize, resolve, spec_from_mapping
+    g = G.load_grid(_write(tmp_path, """
+profile: tiny
+defenses: [none, {name: sdd, options: {lr: 1.0e-4}}]
+attacks: [advbench-100, {name: advbench-100, options: {lr: 5.0e-5}}, {name: advbench-100, options: {lr: 1.0e-4}}]
+seeds: [0]
+"""))
+    cells = G.expand(g)
+    assert len(cells) == 2 * 2  # per defense: the default-lr cell (written twice) and lr 1e-4
+    assert sorted(str(c.attack_options) for c in cells) == ["{'lr': 0.0001}", "{'lr': 0.0001}", "{}", "{}"]
+    assert all(c.defense_options == {"lr": 1e-4} for c in cells if c.defense == "sdd")  # not a default: kept
+    plain = spec_from_mapping({"profile": "tiny", "attack": "advbench-100"})
+    spelled = spec_from_mapping({"profile": "tiny", "attack": "advbench-100", "attack_options": {"lr": 5e-5}})
+    assert normalize(plain) is plain  # a cell without options is untouched: its key (and stores, baselines) hold
+    assert cell_key(resolve(spelled)) == cell_key(resolve(plain))
+    assert resolve(spelled).attack.spec()["config"] == resolve(plain).attack.spec()["config"]  # attack trained once
+    other = spec_from_mapping({"profile": "tiny", "attack": "advbench-100", "attack_options": {"lr": 1e-4}})
+    assert cell_key(resolve(other)) != cell_key(resolve(plain))
+    names = {G.label(c) for c in cells}  # names carry defense options, and the default-lr spelling is gone
+    assert "sdd[lr=0.0001] × advbench-100[lr=0.0001] seed 0" in names and len(names) == 4
+    assert not any("5e-05" in n for n in names)
+
+
+def test_option_free_cell_key_is_unchanged():
+    """Pinned: the key of an option-free cell as computed before options were normalized (store compatibility)."""
+    from sdd_bench.harness.pipeline import cell_spec, resolve, spec_from_mapping
+    import hashlib
+    r = resolve(spec_from_mapping({"profile": "tiny", "defense": "sdd", "attack": "advbench-10"}))
+    spec = cell_spec(r)
+    spec["defense"].pop("data", None), (spec["attack"] or {}).pop("data", None)  # data fingerprints: local files
+    assert r.spec.attack_options == {} and r.spec.defense_options == {}
+    assert hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16] == PINNED_OPTION_FREE
+
+
+PINNED_OPTION_FREE = "ed34157ba83a0aa1"  # computed at e8ee029, before normalization
 
 
 @pytest.mark.parametrize("text,match", [

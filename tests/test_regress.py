@@ -94,3 +94,23 @@ def test_bad_baseline(tmp_path, capsys, content, match):
     rc = main(["regress", "--baseline", str(p), "--workdir", str(tmp_path / "runs")])
     assert rc == 2
     assert match in capsys.readouterr().err
+
+
+def test_cell_ids_include_defense_options_and_are_never_cut():
+    from sdd_bench.leaderboards.regress import Check, _cell_id, format_checks
+
+    def rec(defense_options=None, attack_options=None, seed=0, model="smollm2-135m"):
+        return {"cell": {"defense": "sdd", "attack": "advbench-100", "base_defense": None, "model": model, "seed": seed},
+                "spec": {"defense": "sdd", "attack": "advbench-100", "profile": "smoke",
+                         "defense_options": defense_options or {}, "attack_options": attack_options or {}}}
+
+    plain, tuned = _cell_id(rec()), _cell_id(rec({"lr": 1e-4}))
+    assert plain == "sdd × advbench-100 @ smollm2-135m seed 0"  # option-free: the committed baselines' id
+    assert tuned != plain and "sdd[lr=0.0001]" in tuned
+    assert _cell_id(rec(attack_options={"lr": 5e-5})) == plain  # qi2023's own lr: the same cell
+    base = json.loads(open("leaderboards/baselines/smoke-ci.json").read())
+    assert {e["cell"] for e in base["entries"]} <= {plain, "none × advbench-100 @ smollm2-135m seed 0"}
+    long = _cell_id(rec({"lr": 1e-4, "max_tries": 3}, {"lr": 1e-4}, seed=7, model="/a/very/long/path/to/a/model"))
+    table = format_checks([Check(long, "attacked", "keyword:non_refusal_rate", "lower-safer", 0.1, (0.0, 0.2), 0.1,
+                                 0.05)])
+    assert long in table and long.endswith("seed 7")
