@@ -19,7 +19,10 @@ resumes at the first unfinished stage of the first unfinished cell, and finished
 through their ``cell`` pointer without touching a model.  Executors: ``local`` (sequential, in
 this process) and ``ray`` (one Ray task per cell stage group — base model, defended model,
 attacked cell — with CPU/GPU resource requests; the store must be a filesystem every Ray node
-sees).
+sees).  A local run may be bounded by a deadline (``--until``/``--max-minutes``: a cell starts only if
+its re-planned estimate fits, see :func:`fits`) and publish each record as its cell finishes
+(``--publish``, harness/publish.py).  Estimates: this store's timings, else the profile's defaults, a
+defense's scaled by its configured work (:func:`defend_estimate`).
 """
 from __future__ import annotations
 
