@@ -21,6 +21,8 @@ EPILOG = """examples:
   sdd-bench ls defenses | attacks | judges | models | datasets | tasks | backends
   sdd-bench validate configs/example_run.yaml
   sdd-bench grid configs/sdd_grid_smoke.yaml --plan     # a grid: plan, then run (resumable)
+  sdd-bench grid configs/sdd_grid_smoke.yaml --max-minutes 90 --publish   # cells that fit; publish each to results/
+  sdd-bench report results/smoke --out docs/leaderboard/smoke   # leaderboard from published records
   sdd-bench cache ls ; sdd-bench cache prune
 data: set SDD_BENCH_DATA to the benchmark data directory (see README)."""
 
@@ -80,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add sub-commands: each has ``register_cli(sub, add_common) -> {name: handler}``.
-EXTENSIONS = ("sdd_bench.harness.pipeline", "sdd_bench.harness.grid", "sdd_bench.harness.capability", "sdd_bench.judges.cli",
-              "sdd_bench.leaderboards.report", "sdd_bench.leaderboards.regress")
+EXTENSIONS = ("sdd_bench.harness.pipeline", "sdd_bench.harness.grid", "sdd_bench.harness.publish",
+              "sdd_bench.harness.capability", "sdd_bench.judges.cli", "sdd_bench.leaderboards.report",
+              "sdd_bench.leaderboards.regress")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,10 @@ resumes at the first unfinished stage of the first unfinished cell, and finished
 through their ``cell`` pointer without touching a model.  Executors: ``local`` (sequential, in
 this process) and ``ray`` (one Ray task per cell stage group — base model, defended model,
 attacked cell — with CPU/GPU resource requests; the store must be a filesystem every Ray node
-sees).
+sees).  A local run may be bounded by a deadline (``--until``/``--max-minutes``: a cell starts only if
+its re-planned estimate fits, see :func:`fits`) and publish each record as its cell finishes
+(``--publish``, harness/publish.py).  Estimates: this store's timings, else the profile's defaults, a
+defense's scaled by its configured work (:func:`defend_estimate`).
 """
 from __future__ import annotations
 
@@ -167,11 +170,48 @@ def label(spec) -> str:
 # plan: what is cached, what is missing, how long the missing part should take
 DEFAULT_ESTIMATE_S = {  # per stage, used when the store has no finished stage of the same kind to learn from
     "tiny": {"model": 2, "defend": 5, "attack": 5, "evaluate": 10},
-    # smoke (2 CPU cores): LoRA defense 60 steps ≈ 4.5 min, full-FT attack 40 steps ≈ 4 min, generation of
-    # 128 answers × 64 tokens + judges ≈ 1.5 min, lm-eval 3 × 100 items ≈ 1.5 min (measured, see bench/bench_run.py)
-    "smoke": {"model": 30, "defend": 300, "attack": 240, "evaluate": 180},
+    # smoke (2 CPU cores): SDD LoRA defense 40 steps × batch 8 × 192 tokens = 510 s (docs/performance.md, with
+    # activation checkpointing), full-FT attack 40 steps ≈ 4 min, generation of 128 answers × 64 tokens + judges +
+    # lm-eval 3 × 100 items ≈ 3 min (measured, see bench/bench_run.py)
+    "smoke": {"model": 30, "defend": 510, "attack": 240, "evaluate": 180},
     "paper": {"model": None, "defend": None, "attack": None, "evaluate": None},  # unknown until measured here
 }
+# The workload the "defend" default above was measured on: (optimizer steps, batch size, max length).  A defense
+# with no timing in the store is estimated as default × (its steps × batch × max_length × passes per step) /
+# (the reference's steps × batch × max_length): one forward/backward pass over a padded token costs about the same
+# in every plain-SFT defense (smoke: SDD 40 × 8 × 192 in 510 s; deepalign 60 × 8 × 256 measured 17.4 min, which
+# this rule prices at 17.0 min).
+DEFEND_REFERENCE = {"tiny": (2, 4, 64), "smoke": (40, 8, 192), "paper": None}
+# Forward/backward passes over a batch per optimizer step, for defenses that do more than one (default 1).
+# A number or a function of the defense's config.
+PASSES_PER_STEP = {
+    "seam": 13,         # measured: one SEAM step = 12.9 plain SFT steps (defenses/seam.py: six passes of ∇̂L_sd + L_ul + L_up)
+    "booster": 3,       # alignment loss, harmful gradient at θ, harmful loss at the shifted point
+    "vaccine": 2,       # pass 1: gradients w.r.t. attention outputs; pass 2: perturbed forward/backward
+    "t-vaccine": 2,     # as vaccine (on a subset of layers)
+    "repnoise": 2,      # harmless and harmful batches
+    "simpo": 2,         # chosen and rejected responses
+    "tar": lambda c: 2 * getattr(c, "inner_steps", 1) + 1,  # K adversary steps, each with an L_TR evaluation, + retain
+}
+
+
+def defend_estimate(profile: str, name: str, cfg) -> float | None:
+    """Planned seconds of a defense with no timing in the store: the profile's default scaled by the defense's
+    configured work (steps × batch × max_length × passes per step, see DEFEND_REFERENCE); the flat default where
+    the config has no step count or the profile no reference workload."""
+    base = DEFAULT_ESTIMATE_S[profile]["defend"]
+    ref = DEFEND_REFERENCE.get(profile)
+    steps = getattr(cfg, "max_steps", None)
+    if base is None or ref is None or not isinstance(steps, int):
+        return base
+    batch = getattr(cfg, "batch_size", None) or ref[1]
+    length = getattr(cfg, "max_length", None) or ref[2]
+    passes = PASSES_PER_STEP.get(name, 1)
+    passes = passes(cfg) if callable(passes) else passes
+    return float(base) * steps * batch * length * passes / (ref[0] * ref[1] * ref[2])
+
+
+STAGE_KINDS = ("model", "defend", "evaluate", "attack")
 
 
 @dataclass
@@ -181,6 +221,7 @@ class CellPlan:
     stages: dict                  # stage → cached / missing
     estimate_s: float | None      # remaining compute, None if unknown
     record: Any = None            # record artifact when done
+    by_stage: dict = field(default_factory=dict)  # stage kind (STAGE_KINDS) → remaining seconds (None: unknown)
 
 
 @dataclass
@@ -192,6 +233,18 @@ class Plan:
     def estimate_s(self) -> float | None:
         vals = [c.estimate_s for c in self.cells if c.state != "done"]
         return None if any(v is None for v in vals) else float(sum(vals))
+
+    def by_stage(self) -> dict:
+        """Remaining compute per stage kind over the unfinished cells (None where any part is unknown)."""
+        out: dict = {}
+        for c in self.cells:
+            for k, v in c.by_stage.items():
+                out[k] = None if v is None or (k in out and out[k] is None) else out.get(k, 0.0) + v
+        return {k: out[k] for k in STAGE_KINDS if k in out}
+
+    def stage_line(self) -> str:
+        parts = [f"{k} {'unknown' if v is None else _fmt_s(v)}" for k, v in self.by_stage().items()]
+        return "estimate by stage kind: " + (", ".join(parts) if parts else "nothing to run")
 
     def summary(self) -> str:
         n = len(self.cells)
@@ -250,6 +303,10 @@ def plan(g: GridSpec, store, cells: list | None = None) -> Plan:
         v = hist.get((stage, name, steps))
         return v if v is not None else default[stage]
 
+    def est_defend(d):
+        v = hist.get(("defend", d.registry_name, getattr(d.cfg, "max_steps", None)))
+        return v if v is not None else defend_estimate(g.profile, d.registry_name, d.cfg)
+
     for spec in cells:
         r = resolve(spec)
         done = finished_record(store, r)
@@ -257,14 +314,14 @@ def plan(g: GridSpec, store, cells: list | None = None) -> Plan:
             out.cells.append(CellPlan(spec, "done", {"defend": "cached", "attack": "cached"}, 0.0, done[1]))
             continue
         stages: dict[str, str] = {}
-        remaining: list[float | None] = []
+        remaining: list[tuple[str, float | None]] = []
         mkey = models.model_key(r.model, seed=0)
         if mkey is None:  # a path or hub id: nothing to build, its identity is its location
             ident = models.materialize(r.model, store).identity()
         else:
             ident = f"model/{mkey}"
             if store.get("model", mkey) is None:
-                remaining.append(default["model"])
+                remaining.append(("model", default["model"]))
         for which, d in (("base_defend", r.base_defense), ("defend", r.defense)):
             if d is None or getattr(d, "identity", False):
                 continue
@@ -274,23 +331,26 @@ def plan(g: GridSpec, store, cells: list | None = None) -> Plan:
             ident = f"defend/{dkey}"
             if not cached and ident not in counted:
                 counted.add(ident)
-                remaining.append(est("defend", d.registry_name, getattr(d.cfg, "max_steps", None)))
+                remaining.append(("defend", est_defend(d)))
         stages.setdefault("defend", "none")
         if "eval:" + ident not in counted:
             counted.add("eval:" + ident)
-            remaining.append(default["evaluate"])  # initial evaluation (cheap when its stages are cached)
+            remaining.append(("evaluate", default["evaluate"]))  # initial evaluation (cheap when its stages are cached)
         if r.attack is not None:
             akey = stage_key("attack", dict(r.attack.spec(), template=spec.template, seed=spec.seed), [ident])
             cached = store.get("attack", akey) is not None
             stages["attack"] = "cached" if cached else "missing"
             if not cached:
-                remaining.append(est("attack", r.attack.name, r.attack.cfg.max_steps))
-            remaining.append(default["evaluate"])
+                remaining.append(("attack", est("attack", r.attack.name, r.attack.cfg.max_steps)))
+            remaining.append(("evaluate", default["evaluate"]))
         else:
             stages["attack"] = "none"
         state = "partial" if "cached" in stages.values() else "todo"
-        total = None if any(v is None for v in remaining) else float(sum(remaining))
-        out.cells.append(CellPlan(spec, state, stages, total))
+        total = None if any(v is None for _, v in remaining) else float(sum(v for _, v in remaining))
+        by: dict = {}
+        for k, v in remaining:
+            by[k] = None if v is None or (k in by and by[k] is None) else by.get(k, 0.0) + v
+        out.cells.append(CellPlan(spec, state, stages, total, by_stage=by))
     return out
 
 
@@ -304,6 +364,7 @@ class CellResult:
     cached: bool
     error: str | None = None
     seconds: float = 0.0
+    skipped: str | None = None    # why the cell was not started (the deadline), None if it ran
 
 
 def _run_one(spec, store, progress: bool, log) -> CellResult:
@@ -317,9 +378,34 @@ def _run_one(spec, store, progress: bool, log) -> CellResult:
     return CellResult(spec, record, art.ref(), False, seconds=time.time() - t0)
 
 
-def run_local(cells: list, store, *, progress: bool = True, log=print, fail_fast: bool = False) -> list[CellResult]:
+def fits(g: GridSpec, spec, store, deadline: float) -> str | None:
+    """None if the cell's planned remaining compute (re-planned now, against the current store) ends before
+    ``deadline`` (epoch seconds); else why it does not."""
+    cp = plan(g, store, [spec]).cells[0]
+    if cp.state == "done":
+        return None
+    left = deadline - time.time()
+    if cp.estimate_s is None:
+        return (f"no time estimate (profile {g.profile} has no default timing and this store no finished stage of "
+                f"its kind); run it without a deadline once")
+    if cp.estimate_s > left:
+        return f"planned {_fmt_s(cp.estimate_s)}, {_fmt_s(max(0.0, left))} left before the deadline"
+    return None
+
+
+def run_local(cells: list, store, *, progress: bool = True, log=print, fail_fast: bool = False,
+              g: GridSpec | None = None, deadline: float | None = None, on_result=None) -> list[CellResult]:
+    """Run the cells one after another.  With ``deadline`` (epoch seconds; needs ``g``) a cell is started only if
+    the plan says it finishes in time (:func:`fits`), else it is returned with ``skipped`` set.  ``on_result`` is
+    called with each finished cell's result as soon as it finishes (``--publish``)."""
     out = []
     for i, spec in enumerate(cells, 1):
+        if deadline is not None:
+            why = fits(g, spec, store, deadline)
+            if why is not None:
+                log(f"[{i}/{len(cells)}] {label(spec)}: not started ({why})")
+                out.append(CellResult(spec, None, None, False, skipped=why))
+                continue
         log(f"[{i}/{len(cells)}] {label(spec)}")
         try:
             res = _run_one(spec, store, progress, log)
@@ -333,6 +419,8 @@ def run_local(cells: list, store, *, progress: bool = True, log=print, fail_fast
             continue
         log(f"  {'finished earlier' if res.cached else 'done'} ({res.seconds:.1f}s) -> {res.record_ref}")
         out.append(res)
+        if on_result is not None:
+            on_result(res)
     return out
 
 
@@ -352,7 +440,7 @@ def _ray_model(name: str, workdir: str) -> str:
     return models.materialize(name, Store(workdir), seed=0).key
 
 
-def run_ray(cells: list, store, g: GridSpec, *, log=print) -> list[CellResult]:
+def run_ray(cells: list, store, g: GridSpec, *, log=print, on_result=None) -> list[CellResult]:
     """One Ray task per stage group: each base model once, then each defended model (its no-attack cell:
     defense + initial evaluation), then every attacked cell depending on its defended model.  Tasks request
     ``cpus_per_cell`` CPUs and, on the paper profile or with ``gpus_per_cell``, GPUs; the scheduler is Ray's."""
@@ -410,17 +498,22 @@ def run_ray(cells: list, store, g: GridSpec, *, log=print) -> list[CellResult]:
         out.append(CellResult(spec, json.loads((rec.path / "record.json").read_text()), ref, cached,
                               seconds=time.time() - t0))
         log(f"  {label(spec)}: {'finished earlier' if cached else 'done'} -> {ref}")
+        if on_result is not None:
+            on_result(out[-1])
     return out
 
 
 def run_grid(g: GridSpec, store, *, executor: str | None = None, progress: bool = True, log=print,
-             fail_fast: bool = False) -> list[CellResult]:
+             fail_fast: bool = False, deadline: float | None = None, on_result=None) -> list[CellResult]:
     cells = expand(g)
     ex = executor or g.executor
     if ex == "local":
-        return run_local(cells, store, progress=progress, log=log, fail_fast=fail_fast)
+        return run_local(cells, store, progress=progress, log=log, fail_fast=fail_fast, g=g, deadline=deadline,
+                         on_result=on_result)
     if ex == "ray":
-        return run_ray(cells, store, g, log=log)
+        if deadline is not None:
+            raise ConfigError("--until/--max-minutes need the local executor (Ray schedules every cell at once).")
+        return run_ray(cells, store, g, log=log, on_result=on_result)
     raise ConfigError(f"Unknown executor {ex!r}; choose local or ray.")
 
 
@@ -449,8 +542,40 @@ def register_cli(sub, add_common) -> dict:
     p.add_argument("--ray-address", help="connect to this Ray cluster (default: start a local Ray instance)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell (default: run the others)")
     p.add_argument("--records", help="write the grid's records here as JSON lines")
+    dl = p.add_mutually_exclusive_group()
+    dl.add_argument("--until", metavar="HH:MM",
+                    help="deadline, local time today: start no cell the plan says cannot finish by then; exit 0")
+    dl.add_argument("--max-minutes", type=float, metavar="N",
+                    help="deadline N minutes from now (as --until)")
+    p.add_argument("--publish", nargs="?", const="results", metavar="ROOT",
+                   help="publish each cell's record as it finishes into ROOT/<profile>/ (default ROOT: results, "
+                        "relative to the current directory; see `sdd-bench publish`)")
     add_common(p)
     return {"grid": cli_grid}
+
+
+def parse_deadline(until: str | None, max_minutes: float | None, now: float | None = None) -> float | None:
+    """``--until HH:MM`` (local time today) or ``--max-minutes N`` → epoch seconds; None without either."""
+    now = time.time() if now is None else now
+    if max_minutes is not None:
+        if max_minutes <= 0:
+            raise ConfigError(f"--max-minutes must be positive, got {max_minutes:g}.")
+        return now + 60.0 * max_minutes
+    if until is None:
+        return None
+    try:
+        hh, mm = until.split(":")
+        h, m = int(hh), int(mm)
+        if not (0 <= h < 24 and 0 <= m < 60):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"--until {until!r}: give a local time today as HH:MM (e.g. 17:30).") from None
+    lt = time.localtime(now)
+    t = time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, h, m, 0, 0, 0, -1))
+    if t <= now:
+        raise ConfigError(f"--until {until}: that time has already passed today (now {time.strftime('%H:%M', lt)} "
+                          f"local time); give a later time or --max-minutes.")
+    return t
 
 
 def cli_grid(args) -> int:
@@ -460,17 +585,41 @@ def cli_grid(args) -> int:
         g = C.replace(g, ray={**g.ray, "address": args.ray_address}, executor="ray")
     store = Store(args.workdir)
     t0 = time.time()
+    deadline = parse_deadline(args.until, args.max_minutes, now=t0)
     pl = plan(g, store)
     print(pl.summary())
+    print(pl.stage_line())
     print(pl.table())
     if args.plan:
         return 0
-    results = run_grid(g, store, executor=args.executor, progress=not args.quiet, fail_fast=args.fail_fast)
+    publish_failed: list[str] = []
+
+    def publish(res: CellResult) -> None:
+        from .publish import publish_record
+        try:
+            p = publish_record(res.record, res.record_ref, args.publish)
+        except (SddBenchError, OSError) as err:
+            publish_failed.append(f"{label(res.spec)}: {err}")
+            print(f"  publish FAILED: {err}", file=sys.stderr)
+            return
+        print(f"  {'published' if p.changed else 'already published'} -> {p.path}")
+
+    if deadline is not None:
+        print(f"deadline {time.strftime('%H:%M', time.localtime(deadline))} local time: a cell starts only if its "
+              f"planned time fits")
+    results = run_grid(g, store, executor=args.executor, progress=not args.quiet, fail_fast=args.fail_fast,
+                       deadline=deadline, on_result=publish if args.publish else None)
     failed = [r for r in results if r.error]
+    skipped = [r for r in results if r.skipped]
     dt = time.time() - t0
     n = len(results)
-    print(f"\ngrid {g.name!r}: {n - len(failed)}/{n} cells finished, {sum(r.cached for r in results)} were already "
-          f"finished; {dt:.1f}s wall ({dt / max(1, n):.2f}s per cell)")
+    print(f"\ngrid {g.name!r}: {n - len(failed) - len(skipped)}/{n} cells finished, {sum(r.cached for r in results)} "
+          f"were already finished; {dt:.1f}s wall ({dt / max(1, n):.2f}s per cell)")
+    if skipped:
+        print(f"deadline: {len(skipped)} cell(s) not started because the plan says they cannot finish by "
+              f"{time.strftime('%H:%M', time.localtime(deadline))}; re-run the same command later to continue:")
+        for r in skipped:
+            print(f"  not started: {label(r.spec)} ({r.skipped})")
     if args.records:
         with open(args.records, "w") as f:
             for r in results:
@@ -478,4 +627,6 @@ def cli_grid(args) -> int:
                     f.write(json.dumps(r.record, sort_keys=True, default=str) + "\n")
     for r in failed:
         print(f"FAILED {label(r.spec)}: {r.error}", file=sys.stderr)
-    return 1 if failed else 0
+    for line in publish_failed:
+        print(f"PUBLISH FAILED {line}", file=sys.stderr)
+    return 1 if failed or publish_failed else 0

@@ -1,7 +1,11 @@
 """Finding and reading run records (the JSON that ``harness/pipeline.py:run_cell`` writes).
 
 Inputs may be record files, directories (``**/record.json`` below them and ``*.json`` directly in
-them) and grid YAML files (through ``sdd_bench.harness.grid.records_of_grid``).  Each record
+them: a work dir, a ``--out`` copy, or a directory of published records such as ``results/smoke``, see
+``sdd_bench.harness.publish``) and grid YAML files (through ``sdd_bench.harness.grid.records_of_grid``).
+Input paths are normalized (``results/smoke/`` is ``results/smoke``; an absolute path below the current
+directory is made relative to it), so the sources a report names, and hence its files, do not depend on
+how the same records were spelled.  Each record
 becomes a :class:`Loaded` (the record and where it came from).  Two records of the same cell and
 seed are one replicate: the one with more measurements is kept and the other is reported as a
 duplicate, so a record found both in the store and as a ``--out`` copy is never counted twice.
@@ -80,11 +84,22 @@ def _dir_records(path: Path, log: Callable[[str], None]) -> list[Loaded]:
     return out
 
 
+def normalize(item: str | Path) -> Path:
+    """An input path as reports name it: without a trailing slash, relative to the current directory when below it."""
+    path = Path(item)
+    if path.is_absolute():
+        try:
+            return path.relative_to(Path.cwd())
+        except ValueError:
+            return path
+    return path
+
+
 def load(inputs: Iterable[str], workdir: str | None = None, log: Callable[[str], None] = print) -> list[Loaded]:
     """Every record of the inputs, in input order, before de-duplication."""
     out: list[Loaded] = []
     for item in inputs:
-        path = Path(item)
+        path = normalize(item)
         if path.is_dir():
             out += _dir_records(path, log)
         elif path.suffix in GRID_SUFFIXES:

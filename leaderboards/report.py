@@ -3,7 +3,12 @@
     sdd-bench report INPUT... --out DIR [--workdir W] [--harm-metric NAME]
                      [--capability-bound X] [--harm-threshold Y] [--reference/--no-reference]
 
-INPUTs are record JSON files, directories holding records, or grid YAML files.  The output
+INPUTs are record JSON files, directories holding records (a work dir, or published records such as
+``results/smoke``: ``sdd-bench report results/smoke --out docs/leaderboard/smoke`` renders the committed
+leaderboard), or grid YAML files.  The text outputs are deterministic: the same records under the same
+input path give byte-identical markdown, CSV, HTML and log (tests/test_publish.py checks the committed
+leaderboard against its records this way; PNG figures are compared by name only, their bytes depend on
+the matplotlib build).  The output
 directory gets the paper-shaped views ``headline.{csv,md}`` (worst case per defense over every
 malicious attack, plain and capability-bounded, with the verdict), ``table1_paper.{csv,md}``
 (malicious attacks: HS / HR in %, XSTest over-refusal), ``table2_paper.{csv,md}`` (capability:
@@ -26,7 +31,7 @@ from . import figures as F
 from . import html as H
 from . import reference as R
 from .figures import short_model
-from .records import ReportError, deduplicate, load
+from .records import ReportError, deduplicate, load, normalize
 from sdd_bench.defenses.seam import CAPABILITY_THRESHOLD, HARM_THRESHOLD
 
 # SEAM's break criterion (one definition, defenses/seam.py: seam_verdict): an attack succeeds when the
@@ -407,6 +412,7 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
         if echo:
             echo(line)
 
+    inputs = [str(normalize(i)) for i in inputs]  # one spelling per path: the report names its inputs
     loaded = load(inputs, workdir=workdir, log=log)
     n_loaded = len(loaded)
     loaded = deduplicate(loaded, A.replicate_key, log=log)

@@ -232,3 +232,77 @@ def test_ray_executor_matches_local(tmp_path):
         assert _diff(comparable(_same_code(ra)), comparable(_same_code(rb))) == []
     # the defended model of `sdd` was trained once: one defend artifact
     assert len([p for p in (tmp_path / "ray" / "defend").iterdir() if not p.name.startswith(".")]) == 1
+
+
+# ------------------------------------------------------------------------------------------
+# plan estimates, deadlines, publishing as cells finish
+def test_defense_estimate_scales_with_configured_work(tmp_path):
+    """No timing in the store: a defense is priced by steps × batch × max_length × passes per step."""
+    g = G.load_grid(_write(tmp_path, "profile: smoke\ndefenses: [sdd, deepalign, refusal-sft, seam]\n"
+                                     "attacks: [none]\ncapability: false\n"))
+    pl = G.plan(g, Store(tmp_path / "runs"))
+    est = {c.spec.defense: c.by_stage["defend"] for c in pl.cells}
+    assert est["sdd"] == G.DEFAULT_ESTIMATE_S["smoke"]["defend"]  # the reference workload: 40 × 8 × 192
+    assert est["deepalign"] == pytest.approx(2 * est["sdd"])       # 60 × 8 × 256: measured 17.4 min
+    assert 15 * 60 < est["deepalign"] < 20 * 60
+    assert est["refusal-sft"] == est["deepalign"]                  # same work per step, same steps
+    assert est["seam"] == pytest.approx(est["sdd"] * 20 * 4 * 128 * 13 / (40 * 8 * 192))  # 13 passes per step
+    assert pl.by_stage()["defend"] == pytest.approx(sum(est.values()))
+    assert pl.stage_line().startswith("estimate by stage kind: model ") and "defend " in pl.stage_line()
+
+
+def test_plan_prints_estimate_per_stage_kind(tmp_path, capsys):
+    from sdd_bench.harness.cli import main
+    spec = _write(tmp_path, TINY_GRID)
+    assert main(["grid", str(spec), "--workdir", str(tmp_path / "runs"), "--plan"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("estimate by stage kind:"))
+    assert [p.split()[0] for p in line.split(":", 1)[1].split(",")] == ["model", "defend", "evaluate", "attack"]
+
+
+def test_parse_deadline():
+    now = time.mktime((2026, 11, 29, 10, 0, 0, 0, 0, -1))  # 10:00 local time
+    assert G.parse_deadline("10:30", None, now=now) == now + 1800
+    assert G.parse_deadline(None, 2.5, now=now) == now + 150
+    assert G.parse_deadline(None, None, now=now) is None
+    with pytest.raises(SddBenchError, match="already passed"):
+        G.parse_deadline("09:59", None, now=now)
+    for bad in ("25:00", "10h30", "10:61"):
+        with pytest.raises(SddBenchError, match="HH:MM"):
+            G.parse_deadline(bad, None, now=now)
+    with pytest.raises(SddBenchError, match="positive"):
+        G.parse_deadline(None, 0, now=now)
+
+
+def test_deadline_skips_cells_that_cannot_finish_and_publish_keeps_the_finished(tmp_path, monkeypatch, capsys):
+    """A real tiny grid of two cells; the attack is priced (monkeypatched) far beyond the deadline."""
+    from sdd_bench.harness import publish as P
+    from sdd_bench.harness.cli import main
+    spec = _write(tmp_path, "name: dl\nprofile: tiny\ndefenses: [none]\nattacks: [none, advbench-10]\n"
+                            "capability: false\n")
+    monkeypatch.setitem(G.DEFAULT_ESTIMATE_S, "tiny", {"model": 0, "defend": 0, "attack": 10_000, "evaluate": 0})
+    work, root = tmp_path / "runs", tmp_path / "results"
+    cmd = ["grid", str(spec), "--workdir", str(work), "--quiet", "--publish", str(root)]
+    assert main(cmd + ["--max-minutes", "60"]) == 0                 # exits cleanly
+    out = capsys.readouterr().out
+    assert "1/2 cells finished" in out and "deadline: 1 cell(s) not started" in out
+    assert "not started: none × advbench-10 seed 0 (planned 2.8h" in out
+    assert not (work / "attack").exists()                          # the skipped cell did not start
+    first = sorted((root / "tiny").iterdir())
+    assert len(first) == 1 and f"published -> {first[0]}" in out
+    data = first[0].read_bytes()
+    # without a deadline the rest runs; the published record of the first cell is left as it was
+    assert main(cmd) == 0
+    out = capsys.readouterr().out
+    assert "2/2 cells finished, 1 were already finished" in out and "already published" in out
+    files = sorted((root / "tiny").iterdir())
+    assert len(files) == 2 and first[0] in files and first[0].read_bytes() == data
+    for f in files:
+        rec = json.loads(f.read_text())
+        assert P.long_strings(rec) == [] and rec["metrics"]["initial"]
+        # a real record: only the template's text had to go; nothing else was long enough to be hashed away
+        assert rec["published"]["omitted"] == [] and set(rec["template"]) == {"name", "sha256", "example_sha256"}
+    # `sdd-bench publish GRID` writes the same files, byte for byte
+    assert main(["publish", str(spec), "--workdir", str(work), "--to", str(tmp_path / "again"), "--quiet"]) == 0
+    again = sorted((tmp_path / "again" / "tiny").iterdir())
+    assert [f.name for f in again] == [f.name for f in files]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(again, files))
