@@ -122,7 +122,9 @@ class FinetuneAttack:
     Config = AttackConfig
     PROFILE = {"tiny": {"max_steps": 2, "max_length": 64, "donor_max_new_tokens": 8, "donor_min_words": 0,
                         "donor_drop_incoherent": False},
-               "smoke": {"max_steps": 40, "donor_max_new_tokens": 128}, "paper": {}}
+               # smoke: 40 steps of 128-token examples (a BeaverTails prompt + ~100 response tokens) keep a full
+               # fine-tuning attack near 5 min on 2 CPU cores; longer responses are truncated (sizes, not semantics)
+               "smoke": {"max_steps": 40, "max_length": 128, "donor_max_new_tokens": 128}, "paper": {}}
 
     def __init__(self, cfg: AttackConfig, name: str = "custom", profile: str = "smoke"):
         self.cfg, self.name, self.profile = cfg, name, profile

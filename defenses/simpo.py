@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 from sdd_bench.harness.config import param
 from sdd_bench.harness.registry import DEFENSES
+from sdd_bench.harness.training import checkpointing_argument
 
 from . import _common as C
 from .base import Defense
@@ -102,7 +103,7 @@ def make_trainer(model, tok, rows: list[dict], cfg: SimPOConfig, out_dir, device
         weight_decay=cfg.weight_decay, max_grad_norm=0.0 if cfg.max_grad_norm is None else cfg.max_grad_norm,
         max_length=cfg.max_length, seed=seed, data_seed=seed, logging_steps=1, **steps,
         save_strategy="no", report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
-        use_cpu=not device.startswith("cuda"), bf16=device.startswith("cuda"), gradient_checkpointing=False,
+        use_cpu=not device.startswith("cuda"), bf16=device.startswith("cuda"), **checkpointing_argument(False),
         disable_tqdm=not progress,
     )
     peft_config = None

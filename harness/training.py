@@ -153,6 +153,21 @@ def warmup_steps(cfg: TrainConfig, n_examples: int) -> int:
     return math.ceil(cfg.warmup_ratio * total_steps(cfg, n_examples)) if cfg.warmup_ratio > 0 else 0
 
 
+def checkpointing_argument(on: bool) -> dict:
+    """``TrainingArguments``' activation-checkpointing switch under the installed transformers' name:
+    ``activation_checkpointing`` from transformers 5 (``gradient_checkpointing`` is a deprecated alias there,
+    with a FutureWarning), ``gradient_checkpointing`` on 4.x."""
+    import dataclasses
+    from transformers import TrainingArguments
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": bool(on)}
+
+
+def enable_activation_checkpointing(model) -> None:
+    """The model-side switch, under the installed transformers' name (see ``checkpointing_argument``)."""
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+
+
 def training_arguments(cfg: TrainConfig, out_dir: Path, device: str, n_examples: int, **extra):
     from transformers import TrainingArguments
     per_device = max(1, cfg.batch_size // cfg.grad_accum)
@@ -164,7 +179,7 @@ def training_arguments(cfg: TrainConfig, out_dir: Path, device: str, n_examples:
         weight_decay=cfg.weight_decay, optim=cfg.optimizer, seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=1, save_strategy="no", report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
         disable_tqdm=extra.pop("disable_tqdm", False), use_cpu=not device.startswith("cuda"),
-        bf16=device.startswith("cuda"), gradient_checkpointing=cfg.gradient_checkpointing,
+        bf16=device.startswith("cuda"), **checkpointing_argument(extra.pop("gradient_checkpointing", cfg.gradient_checkpointing)),
     )
     if cfg.max_steps is not None:
         kw["max_steps"] = cfg.max_steps
@@ -214,7 +229,7 @@ def train_sft(ref, pairs: Sequence[dict], cfg: TrainConfig, out_dir: Path, templ
         model = get_peft_model(model, lcfg)
     checkpointing = cfg.gradient_checkpointing or (trainer_cls is None and activation_checkpointing(device))
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_activation_checkpointing(model)
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     ds = Dataset.from_list(rows)
