@@ -243,7 +243,7 @@ def plan(g: GridSpec, store, cells: list | None = None) -> Plan:
 
     for spec in cells:
         r = resolve(spec)
-        done = finished_record(store, r)
+        done = finished_record(store, r)  # corrupt pointers/records are moved aside (reported): the cell is planned
         if done is not None:
             out.cells.append(CellPlan(spec, "done", {"defend": "cached", "attack": "cached"}, 0.0, done[1]))
             continue
@@ -445,7 +445,7 @@ def register_cli(sub, add_common) -> dict:
 
 
 def cli_grid(args) -> int:
-    from .store import Store
+    from .store import Store, dumps_strict
     g = load_grid(args.spec)
     if args.ray_address:
         g = C.replace(g, ray={**g.ray, "address": args.ray_address}, executor="ray")
@@ -456,6 +456,7 @@ def cli_grid(args) -> int:
     print(pl.table())
     if args.plan:
         return 0
+    store.check_writable()  # one line now rather than one failure per cell
     results = run_grid(g, store, executor=args.executor, progress=not args.quiet, fail_fast=args.fail_fast)
     failed = [r for r in results if r.error]
     dt = time.time() - t0
@@ -466,7 +467,7 @@ def cli_grid(args) -> int:
         with open(args.records, "w") as f:
             for r in results:
                 if r.record is not None:
-                    f.write(json.dumps(r.record, sort_keys=True, default=str) + "\n")
+                    f.write(dumps_strict(r.record, sort_keys=True) + "\n")
     for r in failed:
         print(f"FAILED {label(r.spec)}: {r.error}", file=sys.stderr)
     return 1 if failed else 0
