@@ -204,8 +204,10 @@ def scenario_server(t: Tally, base: Path, srv: FakeJudge):
     srv.up = False
     rc, out, err = run(w, srv.url)
     srv.up = True
-    one_line = len(err.strip().splitlines()) == 1 and "invalid" in err
-    print(f"  judge endpoint down: rc {rc}, {'one line' if one_line else 'NOT one line'}: {err.strip()[-200:]}")
+    # one error line and no traceback (stderr also holds library progress bars and warnings)
+    errs = [ln for ln in err.splitlines() if ln.startswith("sdd-bench: error")]
+    one_line = len(errs) == 1 and "invalid" in errs[0] and "Traceback" not in err
+    print(f"  judge endpoint down: rc {rc}, {'one line' if one_line else 'NOT one line'}: {(errs or [err.strip()[-200:]])[0]}")
     if rc == 0 or not one_line:
         t.wrong += 1  # an all-invalid judge must fail the cell with one line
     before = srv.requests
