@@ -144,6 +144,19 @@ class FinetuneAttack:
             from .donor import build_responses
             self._donor = build_responses(store, self.cfg, self.profile, device=device, progress=progress, log=log)
 
+    def preflight(self) -> None:
+        """Check (load, checksum) every input of the donor-built responses before any work is done."""
+        if self.cfg.responses_file:
+            from .donor import read_responses_file
+            read_responses_file(self.cfg.responses_file)
+            return
+        data.load("advbench")
+        if self.cfg.donor_attack != "none":
+            from sdd_bench.harness.registry import ATTACKS
+            ATTACKS.get(self.cfg.donor_attack).make(self.profile).build_data(0)
+        for d in {self.cfg.dataset, self.cfg.poison_dataset if self.cfg.poison_ratio > 0 else DONOR} - {DONOR}:
+            data.load(d)
+
     def _load(self, name: str) -> list[dict]:
         if name != DONOR:
             return data.load(name)

@@ -23,7 +23,7 @@ EPILOG = """examples:
   sdd-bench grid configs/sdd_grid_smoke.yaml --plan     # a grid: plan, then run (resumable)
   sdd-bench grid configs/sdd_grid_smoke.yaml --max-minutes 90 --publish   # cells that fit; publish each to results/
   sdd-bench report results/smoke --out docs/leaderboard/smoke   # leaderboard from published records
-  sdd-bench cache ls ; sdd-bench cache prune
+  sdd-bench cache ls ; sdd-bench cache verify ; sdd-bench cache prune
 data: set SDD_BENCH_DATA to the benchmark data directory (see README)."""
 
 
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", help="defenses, attacks, judges, models, datasets, tasks or backends")
     p.add_argument("-v", "--verbose", action="store_true", help="also show each plugin's options and defaults")
 
-    p = sub.add_parser("validate", help="validate a run or grid YAML config without running it")
+    p = sub.add_parser("validate", help="validate a run or grid YAML config without running it (options, "
+                       "finite numbers, judge options, checksums of the datasets its cells use)")
     p.add_argument("config")
 
     p = sub.add_parser("generate", help="generate answers of a model on a dataset's prompts (cached artifact)")
@@ -65,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="cache_cmd", metavar="ACTION")
     c = csub.add_parser("ls", help="list artifacts")
     c.add_argument("--workdir", default=os.environ.get("SDD_BENCH_WORKDIR", "runs"))
-    c = csub.add_parser("prune", help="remove incomplete artifacts (and, with options, complete ones)")
+    c = csub.add_parser("verify", help="hash every artifact against its manifest; move damaged ones aside (rebuilt "
+                                       "on the next run); exit 1 if any was damaged")
+    c.add_argument("--workdir", default=os.environ.get("SDD_BENCH_WORKDIR", "runs"))
+    c.add_argument("--dry-run", action="store_true", help="report only, move nothing")
+    c = csub.add_parser("prune", help="remove incomplete, temp and corrupt artifacts (never a live run's temp dir; "
+                                      "with options, complete ones too)")
     c.add_argument("--workdir", default=os.environ.get("SDD_BENCH_WORKDIR", "runs"))
     c.add_argument("--stage", help="remove every artifact of this stage")
     c.add_argument("--older-than", type=float, help="days: remove artifacts older than this")
@@ -98,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     except SddBenchError as err:
         print(f"sdd-bench: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # I/O, permissions, disk full: one line naming the path and the fix
+        from .store import os_error_line
+        print(f"sdd-bench: error: {os_error_line(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("sdd-bench: interrupted; finished stages are kept in the store, unfinished ones were discarded.",
               file=sys.stderr)
@@ -128,7 +138,10 @@ def cmd_validate(args) -> int:
     from . import grid
     if grid.is_grid(data):
         g = grid.grid_from_mapping(data, where=args.config)
-        print(f"{args.config}: valid grid {g.name!r} ({len(grid.expand(g))} cells, profile {g.profile})")
+        cells = grid.expand(g)
+        for spec in cells:  # the datasets every cell will touch (checksums; cached after the first cell)
+            pipeline.preflight_data(pipeline.resolve(spec))
+        print(f"{args.config}: valid grid {g.name!r} ({len(cells)} cells, profile {g.profile})")
         return 0
     summary = pipeline.validate_config(data, where=args.config)
     print(f"{args.config}: valid ({summary})")
@@ -171,15 +184,27 @@ def cmd_cache(args) -> int:
     from .store import Store
     store = Store(args.workdir)
     if args.cache_cmd in (None, "ls"):
-        rows = store.list()
+        rows = store.list(check=True)  # sizes against each manifest; `cache verify` also hashes
         total = 0
         for r in rows:
             total += r["bytes"]
-            state = "ok" if r["complete"] else "INCOMPLETE"
+            state = ("CORRUPT" if r.get("problem") else "ok") if r["complete"] else (
+                "CORRUPT" if r["corrupt"] else "INCOMPLETE")
             print(f"{r['stage']:12s} {r['key']:34s} {r['bytes'] / 1e6:10.1f} MB  {state:10s} "
                   f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['mtime']))}")
         print(f"{len(rows)} artifacts, {total / 1e6:.1f} MB in {store.root}")
+        for r in rows:
+            if r.get("problem"):
+                print(f"CORRUPT {r['stage']}/{r['key']}: {r['problem']} (`sdd-bench cache verify` moves it aside; "
+                      f"the next run rebuilds it)")
         return 0
+    if args.cache_cmd == "verify":
+        n = sum(r["complete"] for r in store.list())
+        bad = store.verify(move_aside=not args.dry_run)
+        for r in bad:
+            print(f"CORRUPT {r['stage']}/{r['key']}: {r['problem']}" + ("" if args.dry_run else " (moved aside)"))
+        print(f"verified {n} artifacts in {store.root}: {n - len(bad)} ok, {len(bad)} corrupt")
+        return 1 if bad else 0
     removed = store.prune(stage=args.stage, older_than_s=args.older_than * 86400 if args.older_than else None,
                           everything=args.all, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -118,6 +119,10 @@ def validate(obj: Any, *, where: str = "") -> None:
             continue
         if md.get("choices") is not None and v not in md["choices"]:
             raise ConfigError(f"Option {f.name!r}{ctx} must be one of {list(md['choices'])}, got {v!r}.")
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ConfigError(f"Option {f.name!r}{ctx} must be a finite number, got {v!r}; give a real value "
+                                  f"(e.g. lr=1e-5).")
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             for key, op, word in (("ge", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
                                   ("le", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):

@@ -309,7 +309,7 @@ def plan(g: GridSpec, store, cells: list | None = None) -> Plan:
 
     for spec in cells:
         r = resolve(spec)
-        done = finished_record(store, r)
+        done = finished_record(store, r)  # corrupt pointers/records are moved aside (reported): the cell is planned
         if done is not None:
             out.cells.append(CellPlan(spec, "done", {"defend": "cached", "attack": "cached"}, 0.0, done[1]))
             continue
@@ -579,7 +579,7 @@ def parse_deadline(until: str | None, max_minutes: float | None, now: float | No
 
 
 def cli_grid(args) -> int:
-    from .store import Store
+    from .store import Store, dumps_strict
     g = load_grid(args.spec)
     if args.ray_address:
         g = C.replace(g, ray={**g.ray, "address": args.ray_address}, executor="ray")
@@ -607,6 +607,7 @@ def cli_grid(args) -> int:
     if deadline is not None:
         print(f"deadline {time.strftime('%H:%M', time.localtime(deadline))} local time: a cell starts only if its "
               f"planned time fits")
+    store.check_writable()  # one line now rather than one failure per cell
     results = run_grid(g, store, executor=args.executor, progress=not args.quiet, fail_fast=args.fail_fast,
                        deadline=deadline, on_result=publish if args.publish else None)
     failed = [r for r in results if r.error]
@@ -624,7 +625,7 @@ def cli_grid(args) -> int:
         with open(args.records, "w") as f:
             for r in results:
                 if r.record is not None:
-                    f.write(json.dumps(r.record, sort_keys=True, default=str) + "\n")
+                    f.write(dumps_strict(r.record, sort_keys=True) + "\n")
     for r in failed:
         print(f"FAILED {label(r.spec)}: {r.error}", file=sys.stderr)
     for line in publish_failed:

@@ -54,7 +54,7 @@ class RunSpec:
 def validate_config(data: dict, where: str = "") -> str:
     """Validate a run YAML (a mapping of RunSpec fields) down to plugin options."""
     spec = spec_from_mapping(data, where=where)
-    resolve(spec)
+    preflight_data(resolve(spec))
     return f"defense {spec.defense}, attack {spec.attack}, profile {spec.profile}"
 
 
@@ -147,6 +147,12 @@ def resolve(spec: RunSpec) -> Resolved:
         raise ConfigError("attack options were given but the attack is 'none'.")
     for j in spec.judges:
         JUDGES.canonical(j)
+    for j, opts in spec.judge_options.items():  # checked here, not when the judge first runs
+        cls = JUDGES.get(j)
+        if not isinstance(opts, dict):
+            raise ConfigError(f"judge_options.{j} must be a mapping of options, got {opts!r}.")
+        if cls.Config is not None:
+            C.build(cls.Config, opts, where=f"judge {j!r}")
     norm = normalize(spec)  # after validation, so a bad option is reported with its plugin's message
     if norm != spec:
         return resolve(norm)
@@ -220,6 +226,45 @@ def eval_sets(prof, spec: RunSpec) -> dict[str, tuple[str, list[dict]]]:
     return out
 
 
+def preflight_data(r: Resolved) -> dict:
+    """Load (and so checksum) every dataset the cell will touch before any work; returns the eval sets."""
+    sets = eval_sets(r.profile, r.spec)
+    for d in (r.base_defense, r.defense):
+        if d is not None and not getattr(d, "identity", False) and hasattr(d, "build_data"):
+            d.build_data(r.spec.seed)
+    if r.attack is not None:
+        if getattr(r.attack, "needs_store", False):  # donor-built responses: check their inputs now
+            r.attack.preflight()
+        else:
+            r.attack.build_data(r.spec.seed)
+        if r.attack.cfg.dataset in FA_FOR_DATASET:
+            from . import data
+            from .capability import FA_TASKS
+            data.load(FA_TASKS[FA_FOR_DATASET[r.attack.cfg.dataset]].dataset)
+    return sets
+
+
+MOSTLY_INVALID = 0.5  # a harmfulness judge with more invalid verdicts than this fails the cell
+
+
+def check_judge(jn: str, setname: str, verdicts: list[dict], jart) -> None:
+    """Fail the cell (one line) when a harmfulness judge could assess at most half of the items."""
+    bad = [v for v in verdicts if not v.get("valid", True)]
+    if not verdicts or len(bad) <= MOSTLY_INVALID * len(verdicts):
+        return
+    reasons: dict[str, int] = {}
+    for v in bad:
+        k = (v.get("meta") or {}).get("invalid_reason", "invalid")
+        reasons[k] = reasons.get(k, 0) + 1
+    why = ", ".join(f"{n} {k}" for k, n in sorted(reasons.items()))
+    from sdd_bench.judges.stage import RETRYABLE
+    fix = ("re-run the same command once the judge endpoint works: only the failed items are retried"
+           if any(k in RETRYABLE for k in reasons) else
+           "its replies do not follow the rubric format; use another judge model (--judge-opt JUDGE.model=...)")
+    raise SddBenchError(f"judge {jn} on {setname} prompts: {len(bad)}/{len(verdicts)} verdicts invalid ({why}; "
+                        f"{jart.ref()}); no record was written: {fix}.")
+
+
 def evaluate(store, ref, r: Resolved, sets, log, progress=True) -> tuple[dict, dict]:
     """Generate on every eval set, judge, aggregate; returns (metrics, artifact refs)."""
     from . import data, models
@@ -261,6 +306,8 @@ def evaluate(store, ref, r: Resolved, sets, log, progress=True) -> tuple[dict, d
             jart, jhit = judge_stage(store, gart, jn, judge=j)
             arts[f"judge/{name}/{jn}"] = jart.ref()
             verdicts = load_verdicts(jart)
+            if name == "harmful" and jn not in BASE_JUDGES:
+                check_judge(jn, name, verdicts, jart)
             acct = load_summary(jart).get("accounting")
             if acct:  # the judge's run summary: rubric requests/tokens/cost, harm-clf held-out accuracy/F1
                 m.setdefault("judge_run_summary", {})[jn] = acct
@@ -325,6 +372,7 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
 
     r = resolve(spec)
     spec = r.spec  # normalized: options at their defaults are not part of the cell
+    sets = preflight_data(r)  # bad data fails here, before any training
     timings: dict[str, float] = {}
     t_all = time.time()
     t0 = time.time()
@@ -345,7 +393,6 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
     arts["defense"] = a.ref() if a else None
     defended = ref
 
-    sets = eval_sets(r.profile, spec)
     log("evaluate defended model")
     t0 = time.time()
     metrics: dict[str, Any] = {"initial": evaluate_condition(store, defended, r, sets, log, progress, arts, "initial")}
@@ -417,11 +464,15 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
     }
     record["environment"].pop("torch_threads", None)
 
+    from .store import dumps_strict
+
     def fn(tmp: Path):
-        (tmp / "record.json").write_text(json.dumps(record, indent=1, default=str, sort_keys=True))
+        (tmp / "record.json").write_text(dumps_strict(record, indent=1, sort_keys=True))
 
     rspec = {"record_of": arts, "spec": C.to_dict(spec), "schema": 1}
-    rart, hit = store.run("record", rspec, sorted(str(v) for v in arts.values() if v), fn)
+    # a judge artifact re-published after retries makes the cached record stale: rebuild it
+    stale = bool(store.replaced & {str(v) for v in arts.values() if v})
+    rart, hit = store.run("record", rspec, sorted(str(v) for v in arts.values() if v), fn, replace=stale)
     _point_cell(store, r, rart)
     timings["total"] = time.time() - t_all
     saved = json.loads((rart.path / "record.json").read_text())
@@ -455,14 +506,28 @@ def _point_cell(store, r: Resolved, rart) -> None:
 
 def finished_record(store, r: Resolved) -> tuple[dict, Any] | None:
     """The record of a finished cell (via its pointer), or None if the cell has not finished here."""
-    art = store.get("cell", cell_key(r))
+    art = store.get("cell", cell_key(r))  # a corrupt pointer or record is moved aside: the cell is re-assembled
     if art is None:
         return None
-    ref = json.loads((art.path / "pointer.json").read_text())["record"]
+    try:
+        ref = json.loads((art.path / "pointer.json").read_text())["record"]
+    except (OSError, ValueError, KeyError, TypeError) as err:  # unverifiable (pre-manifest) pointer
+        store.quarantine("cell", art.key, f"pointer.json is unreadable ({err})")
+        return None
     rec = store.get(*ref.split("/", 1))
     if rec is None:  # the record was pruned: the cell must be re-assembled (its stages may still be cached)
         return None
-    return json.loads((rec.path / "record.json").read_text()), rec
+    try:
+        record = json.loads((rec.path / "record.json").read_text())
+    except (OSError, ValueError) as err:
+        store.quarantine(rec.stage, rec.key, f"record.json is unreadable ({err})")
+        return None
+    from sdd_bench.judges.stage import load_summary
+    for jref in (v for k, v in record.get("artifacts", {}).items() if isinstance(v, str) and v.startswith("judge/")):
+        j = store.get(*jref.split("/", 1))
+        if j is None or (j.path / "summary.json").is_file() and load_summary(j).get("request_errors"):
+            return None  # a judge has items to retry (or is gone): re-run the cell, its stages are cached
+    return record, rec
 
 
 TIMING_KEYS = ("seconds", "seconds_per_step", "timings_compute_s", "_wall_seconds_this_invocation", "train_runtime",
@@ -667,7 +732,9 @@ def spec_from_args(args) -> RunSpec:
 def cli_run(args) -> int:
     from .store import Store
     spec = spec_from_args(args)
+    resolve(spec)  # every option checked before the work dir is touched
     store = Store(args.workdir)
+    store.check_writable()
     t0 = time.time()
     record, art = run_cell(spec, store, progress=not args.quiet)
     reference = None
@@ -684,5 +751,6 @@ def cli_run(args) -> int:
     print(answer(record, reference))
     print(f"\nrecord: {art.path / 'record.json'}  ({time.time() - t0:.1f}s)")
     if args.out:
-        Path(args.out).write_text(json.dumps(record, indent=1, default=str, sort_keys=True))
+        from .store import dumps_strict
+        Path(args.out).write_text(dumps_strict(record, indent=1, sort_keys=True))
     return 0

@@ -1,27 +1,55 @@
 """Content-addressed artifact store (DESIGN §4).
 
-``workdir/<stage>/<key>/`` holds ``spec.json``, the stage's outputs and a ``COMPLETE``
-marker written last.  A stage writes into ``workdir/<stage>/.tmp-<key>-<pid>-<rand>/`` and
-publishes with one atomic ``os.rename``; a stage killed mid-write therefore leaves only a
-``.tmp-*`` directory, never a half-written artifact under its key.  ``key`` is the hash of
-the stage name, its spec and the keys of its inputs, so a changed input re-runs every
-stage downstream of it and nothing else.
+``workdir/<stage>/<key>/`` holds ``spec.json``, the stage's outputs, a ``MANIFEST.json``
+(size and sha256 of every file) and a ``COMPLETE`` marker written last.  A stage writes into
+``workdir/<stage>/.tmp-<key>-<pid>-<rand>/`` and publishes with one atomic ``os.rename``; a
+stage killed mid-write therefore leaves only a ``.tmp-*`` directory, never a half-written
+artifact under its key.  ``key`` is the hash of the stage name, its spec and the keys of its
+inputs, so a changed input re-runs every stage downstream of it and nothing else.
+
+Concurrency: computing and publishing a key happen under an exclusive ``fcntl`` lock on
+``workdir/.locks/<stage>/<key>``, so two processes that need the same artifact compute it once
+(the second waits, then finds it cached) and publishing never races.  ``prune`` skips the temp
+dirs of keys whose lock is held (a live run).
+
+Integrity: reading an artifact (``get``) checks the size of every file in its manifest, and
+the sha256 of files up to ``HASH_LIMIT`` bytes; a damaged artifact is reported in one line,
+moved aside to ``workdir/<stage>/.corrupt-<key>-<time>/`` and treated as missing, so the
+stage is rebuilt.  Artifacts written before manifests existed are checked as far as possible
+(their JSON files must parse).  ``verify`` (``sdd-bench cache verify``) hashes everything.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .errors import SddBenchError
+
 MARKER = "COMPLETE"
 SPEC = "spec.json"
+MANIFEST = "MANIFEST.json"
+HASH_LIMIT = 64 << 20  # files up to this size are hashed on every first read in a process; larger: size only
+
+
+class StoreError(SddBenchError):
+    """The work dir cannot be read or written (permissions, disk full, …)."""
+
+
+def report(msg: str) -> None:
+    """One line on stderr for a problem the store recovered from (e.g. a corrupt artifact moved aside)."""
+    print(f"sdd-bench: {msg}", file=sys.stderr, flush=True)
 
 
 def canonical_json(obj: Any) -> str:
@@ -31,6 +59,20 @@ def canonical_json(obj: Any) -> str:
 def stage_key(stage: str, spec: dict, inputs: list[str] | tuple[str, ...] = ()) -> str:
     h = hashlib.sha256(canonical_json({"stage": stage, "spec": spec, "inputs": list(inputs)}).encode())
     return h.hexdigest()[:20]
+
+
+def os_error_line(err: OSError, path: str | Path | None = None) -> str:
+    """One line naming the path and the fix for an I/O error."""
+    where = path or err.filename or "?"
+    fix = {errno.EACCES: "make it writable (chmod/chown) or pass --workdir to a writable directory",
+           errno.EPERM: "make it writable (chmod/chown) or pass --workdir to a writable directory",
+           errno.EROFS: "the file system is read-only; pass --workdir to a writable directory",
+           errno.ENOSPC: "the disk is full; free space (`sdd-bench cache prune`) or pass --workdir on another disk",
+           errno.EDQUOT: "the disk quota is exceeded; free space (`sdd-bench cache prune`) or use another --workdir",
+           errno.ENOTDIR: "a part of the path is a file, not a directory; pass --workdir to a directory",
+           errno.ENOENT: "it does not exist; check the path"}.get(
+        err.errno, "check the path and its permissions, or pass --workdir to a writable directory")
+    return f"{where}: {err.strerror or err}; {fix}."
 
 
 @dataclass(frozen=True)
@@ -47,18 +89,186 @@ class Artifact:
         return f"{self.stage}/{self.key}"
 
 
+def _sha256_file(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(d: Path) -> list[str]:
+    out = []
+    for root, _, files in os.walk(d):
+        for f in files:
+            out.append(os.path.relpath(os.path.join(root, f), d))
+    return sorted(out)
+
+
+def write_manifest(d: Path) -> None:
+    files = {rel: {"bytes": os.path.getsize(d / rel), "sha256": _sha256_file(d / rel)}
+             for rel in _files(d) if rel not in (MANIFEST, MARKER)}
+    (d / MANIFEST).write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
+
+
+def check_artifact(d: Path, *, hash_limit: int | None = HASH_LIMIT) -> str | None:
+    """None if the artifact at ``d`` is intact, else one phrase naming the problem.
+    ``hash_limit``: hash files up to this size (None: all, 0: none)."""
+    try:
+        json.loads((d / MARKER).read_text() or "{}")
+    except (OSError, ValueError):
+        return f"its {MARKER} marker is unreadable"
+    mpath = d / MANIFEST
+    if not mpath.is_file():  # written before manifests: check what can be checked
+        for rel in _files(d):
+            p = d / rel
+            if rel.endswith(".json") and p.stat().st_size <= (hash_limit if hash_limit is not None else math.inf):
+                try:
+                    json.loads(p.read_text())
+                except (OSError, ValueError) as err:
+                    return f"{rel} is not valid JSON ({err})"
+        return None
+    try:
+        files = json.loads(mpath.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its {MANIFEST} is unreadable"
+    for rel, want in sorted(files.items()):
+        p = d / rel
+        try:
+            size = p.stat().st_size
+        except OSError:
+            return f"{rel} is missing"
+        if size != want["bytes"]:
+            return f"{rel} has {size} bytes where {want['bytes']} were written"
+        if hash_limit is None or size <= hash_limit:
+            if _sha256_file(p) != want["sha256"]:
+                return f"{rel} has a different sha256 than was written"
+    return None
+
+
 class Store:
     def __init__(self, workdir: str | Path = "runs"):
         self.root = Path(workdir).expanduser().resolve()
+        self._verified: dict[str, float] = {}  # artifact dir → marker mtime, checked in this process
+        self._held: set[str] = set()  # lock files this process holds (locks are re-entrant per Store)
+        self.replaced: set[str] = set()  # refs re-published over a complete artifact by this Store (``replace``)
 
     def dir(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
+    def _stage_dir(self, stage: str) -> Path:
+        parent = self.root / stage
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create the work dir: {os_error_line(err, err.filename or parent)}") from err
+        return parent
+
+    def check_writable(self) -> None:
+        """Fail in one line, before any work, when the work dir cannot be written."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as err:
+            raise StoreError(f"the work dir is not writable: {os_error_line(err, err.filename or self.root)}") from err
+
+    # -- locks ------------------------------------------------------------------------------
+    def _lock_path(self, stage: str, key: str, create: bool = False) -> Path:
+        d = self.root / ".locks" / stage
+        if create:
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StoreError(f"cannot create a lock file: {os_error_line(err, err.filename or d)}") from err
+        return d / key
+
+    @contextlib.contextmanager
+    def lock(self, stage: str, key: str, log=None) -> Iterator[None]:
+        """Exclusive per-key lock (``fcntl.flock``) around computing and publishing ``stage/key``."""
+        path = self._lock_path(stage, key, create=True)
+        ident = str(path)
+        if ident in self._held:
+            yield
+            return
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise StoreError(f"cannot create a lock file: {os_error_line(err, path)}") from err
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                (log or report)(f"waiting for another process computing {stage}/{key}")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            self._held.add(ident)
+            try:
+                yield
+            finally:
+                self._held.discard(ident)
+        finally:
+            os.close(fd)
+
+    def is_locked(self, stage: str, key: str) -> bool:
+        """True while some process holds ``stage/key``'s lock (a live computation)."""
+        path = self._lock_path(stage, key)
+        if str(path) in self._held:
+            return True
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    # -- reading ----------------------------------------------------------------------------
     def get(self, stage: str, key: str) -> Artifact | None:
+        """The completed, intact artifact under ``stage/key``, or None (a corrupt one is moved aside)."""
         p = self.dir(stage, key)
-        if (p / MARKER).is_file():
-            return Artifact(stage, key, p)
-        return None
+        try:
+            mtime = (p / MARKER).stat().st_mtime
+        except OSError:
+            return None
+        if self._verified.get(str(p)) != mtime:
+            problem = check_artifact(p)
+            if problem is not None:
+                try:
+                    held = self.lock(stage, key)
+                    held.__enter__()
+                except StoreError:  # a read-only store: report, cannot move aside
+                    report(f"corrupt artifact {stage}/{key}: {problem}; treated as missing.")
+                    return None
+                try:  # re-check under the lock: a writer may have been replacing it while it was read
+                    problem = check_artifact(p) if (p / MARKER).is_file() else None
+                    if problem is not None:
+                        self.quarantine(stage, key, problem)
+                    if not (p / MARKER).is_file() or problem is not None:
+                        return None
+                finally:
+                    held.__exit__(None, None, None)
+            self._verified[str(p)] = (p / MARKER).stat().st_mtime
+        return Artifact(stage, key, p)
+
+    def quarantine(self, stage: str, key: str, problem: str) -> Path | None:
+        """Move a damaged artifact aside (``.corrupt-<key>-<time>``), report it in one line; it is rebuilt."""
+        p = self.dir(stage, key)
+        dest = p.parent / f".corrupt-{key}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        self._verified.pop(str(p), None)
+        try:
+            os.rename(p, dest)
+        except FileNotFoundError:  # another process moved it first
+            return None
+        except OSError as err:
+            raise StoreError(f"corrupt artifact {stage}/{key} ({problem}) cannot be moved aside: "
+                             f"{os_error_line(err, p)}") from err
+        report(f"corrupt artifact {stage}/{key}: {problem}; moved aside to {dest.name}, it will be rebuilt.")
+        return dest
 
     def resolve(self, ref: str) -> Artifact:
         """``stage/key`` or a path inside the work dir → artifact."""
@@ -66,65 +276,128 @@ class Store:
         if not p.is_absolute() and not p.exists():
             p = self.root / ref
         p = p.resolve()
-        if not (p / MARKER).is_file():
-            from .errors import SddBenchError
-            raise SddBenchError(f"{ref!r} is not a completed artifact (no {MARKER} marker under {p}). "
+        art = self.get(p.parent.name, p.name) if p.parent.parent == self.root else None
+        if art is None and p.parent.parent != self.root and (p / MARKER).is_file():
+            art = Artifact(p.parent.name, p.name, p)
+        if art is None:
+            raise SddBenchError(f"{ref!r} is not a completed artifact (no intact {MARKER} artifact under {p}). "
                                 f"`sdd-bench cache ls` lists the artifacts of {self.root}.")
-        return Artifact(p.parent.name, p.name, p)
+        return art
 
+    # -- writing ----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def writing(self, stage: str, key: str, spec: dict) -> Iterator[Path]:
-        """Yield a temp dir; on clean exit publish it atomically as ``stage/key``."""
-        parent = self.root / stage
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = parent / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        tmp.mkdir()
-        try:
-            yield tmp
-            (tmp / SPEC).write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
-            (tmp / MARKER).write_text(json.dumps({"stage": stage, "key": key, "finished": time.time()}))
-            final = parent / key
-            if (final / MARKER).is_file():  # a concurrent writer won: keep theirs
+    def writing(self, stage: str, key: str, spec: dict, *, replace: bool = False) -> Iterator[Path]:
+        """Yield a temp dir; on clean exit publish it atomically as ``stage/key`` (under the key's lock).
+        ``replace``: publish over an existing complete artifact (e.g. a judge artifact after retries)."""
+        parent = self._stage_dir(stage)
+        with self.lock(stage, key):
+            tmp = parent / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+            try:
+                tmp.mkdir()
+            except OSError as err:
+                raise StoreError(f"cannot write an artifact: {os_error_line(err, tmp)}") from err
+            try:
+                yield tmp
+                (tmp / SPEC).write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
+                write_manifest(tmp)
+                (tmp / MARKER).write_text(json.dumps({"stage": stage, "key": key, "finished": time.time()}))
+                final = parent / key
+                if not replace and self.get(stage, key) is not None:  # published meanwhile (old, unlocked writer)
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return
+                old = None
+                if final.exists():  # stale leftover, or the artifact being replaced
+                    old = parent / f".old-{key}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+                    os.rename(final, old)
+                os.rename(tmp, final)
+                self._verified.pop(str(final), None)
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+                    if replace:
+                        self.replaced.add(f"{stage}/{key}")
+            except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
-                return
-            if final.exists():  # stale, incomplete leftover under the key
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                raise
 
-    def run(self, stage: str, spec: dict, inputs: list[str] | tuple[str, ...], fn: Callable[[Path], Any]) -> tuple[Artifact, bool]:
-        """Return the cached artifact or build it with ``fn(tmpdir)``; second value = cache hit."""
+    def run(self, stage: str, spec: dict, inputs: list[str] | tuple[str, ...], fn: Callable[[Path], Any],
+            *, replace: bool = False) -> tuple[Artifact, bool]:
+        """Return the cached artifact or build it with ``fn(tmpdir)``; second value = cache hit.
+        Concurrent callers of one key compute it once: the others wait for the lock and get the cached copy.
+        ``replace``: rebuild and re-publish even if cached."""
         key = stage_key(stage, spec, inputs)
-        hit = self.get(stage, key)
-        if hit is not None:
-            return hit, True
+        if not replace:
+            hit = self.get(stage, key)
+            if hit is not None:
+                return hit, True
         full_spec = {"stage": stage, "spec": spec, "inputs": list(inputs)}
-        with self.writing(stage, key, full_spec) as tmp:
-            fn(tmp)
-        art = self.get(stage, key)
-        assert art is not None
+        with self.lock(stage, key):
+            if not replace:
+                hit = self.get(stage, key)
+                if hit is not None:  # a concurrent run computed it while this one waited
+                    return hit, True
+            with self.writing(stage, key, full_spec, replace=replace) as tmp:
+                fn(tmp)
+            art = self.get(stage, key)
+        if art is None:
+            raise StoreError(f"{self.dir(stage, key)}: the artifact vanished right after it was written; "
+                             f"check that nothing else deletes files in the work dir.")
         return art, False
 
-    # -- cache ls / prune -------------------------------------------------------------------
-    def list(self) -> list[dict]:
+    # -- cache ls / verify / prune ------------------------------------------------------------
+    def list(self, check: bool = False) -> list[dict]:
+        """Every artifact dir (complete, temp, corrupt); ``check``: also check file sizes (``problem``)."""
         rows = []
         if not self.root.exists():
             return rows
-        for sdir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        for sdir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for a in sorted(sdir.iterdir()):
                 if not a.is_dir():
                     continue
-                complete = (a / MARKER).is_file()
-                rows.append({"stage": sdir.name, "key": a.name, "complete": complete,
-                             "bytes": _du(a), "mtime": a.stat().st_mtime,
-                             "tmp": a.name.startswith(".tmp-")})
+                dotted = a.name.startswith(".")
+                complete = (a / MARKER).is_file() and not dotted
+                row = {"stage": sdir.name, "key": a.name, "complete": complete,
+                       "bytes": _du(a), "mtime": a.stat().st_mtime,
+                       "tmp": a.name.startswith(".tmp-"), "corrupt": a.name.startswith(".corrupt-")}
+                if check and complete:
+                    row["problem"] = check_artifact(a, hash_limit=0)
+                rows.append(row)
         return rows
+
+    def verify(self, *, move_aside: bool = True) -> list[dict]:
+        """Hash every file of every complete artifact against its manifest; returns the damaged ones
+        (``problem`` set) and, with ``move_aside``, moves them aside so that they are rebuilt."""
+        bad = []
+        for row in self.list():
+            if not row["complete"]:
+                continue
+            problem = check_artifact(self.dir(row["stage"], row["key"]), hash_limit=None)
+            if problem is not None:
+                row["problem"] = problem
+                bad.append(row)
+                if move_aside:
+                    self.quarantine(row["stage"], row["key"], problem)
+        return bad
+
+    def _live_tmp(self, row: dict) -> bool:
+        """A temp dir of a computation still running: its key's lock is held, or its pid is alive here."""
+        parts = row["key"].split("-")  # .tmp-<key>-<pid>-<rand>
+        if len(parts) < 4:
+            return False
+        key, pid = parts[1], parts[2]
+        if self.is_locked(row["stage"], key):
+            return True
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            return False
+        except PermissionError:
+            return True
+        return True
 
     def prune(self, *, stage: str | None = None, older_than_s: float | None = None, everything: bool = False,
               dry_run: bool = False) -> list[dict]:
-        """Remove incomplete/temp dirs always; with ``stage``/``older_than_s``/``everything`` also complete ones."""
+        """Remove incomplete/temp/corrupt dirs always (never a live run's temp dir); with
+        ``stage``/``older_than_s``/``everything`` also complete ones."""
         now = time.time()
         removed = []
         for row in self.list():
@@ -134,6 +407,8 @@ class Store:
                 if older_than_s is not None:
                     sel = (sel or stage is None) and (now - row["mtime"] > older_than_s)
                 victim = sel
+            elif row["tmp"] and self._live_tmp(row):
+                victim = False
             if victim:
                 removed.append(row)
                 if not dry_run:
@@ -152,14 +427,30 @@ def _du(p: Path) -> int:
     return total
 
 
+def strict(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) replaced by None: JSON outputs are strict."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def dumps_strict(obj: Any, **kw) -> str:
+    """``json.dumps`` that writes null for NaN/inf (never the non-standard ``NaN`` literal)."""
+    return json.dumps(strict(obj), allow_nan=False, **{"default": str, **kw})
+
+
 def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+    path.write_text(dumps_strict(obj, indent=2, ensure_ascii=False))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+            f.write(dumps_strict(r, ensure_ascii=False) + "\n")
 
 
 def read_jsonl(path: Path) -> list[dict]:
