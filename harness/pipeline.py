@@ -618,13 +618,6 @@ def harm_metric(record: dict) -> str | None:
     return None
 
 
-def capability_mean(cond: dict) -> float | None:
-    cap = cond.get("capability") or {}
-    vals = [res.get(res.get("primary", "acc")) for res in cap.get("tasks", {}).values()]
-    vals = [v for v in vals if v is not None]
-    return sum(vals) / len(vals) if vals else None
-
-
 def answer(record: dict, reference: dict | None = None) -> str:
     """The cell's one-line answer: harmfulness after the attack with this defense vs without, and capability."""
     m = record["metrics"]
@@ -642,9 +635,10 @@ def answer(record: dict, reference: dict | None = None) -> str:
         if reference is not None and "attacked" in reference["metrics"] and hk in reference["metrics"]["attacked"]["harmful"]:
             parts.append(f"vs {fmt(reference['metrics']['attacked'])} for the undefended {cell['model']} "
                          f"under the same attack")
-    caps = [capability_mean(m[c]) for c in ("initial", "attacked") if c in m]
+    from sdd_bench.leaderboards.aggregate import capability_mean
+    caps = [capability_mean(m[c].get("capability") or {}) for c in ("initial", "attacked") if c in m]
     if caps and all(c is not None for c in caps):
-        parts.append("capability " + " → ".join(f"{c:.3f}" for c in caps))
+        parts.append("capability " + " → ".join(f"{c.value:.3f}" for c in caps))
     return "; ".join(parts)
 
 

@@ -109,7 +109,7 @@ def test_smoke_profile_starts_from_the_aligned_base():
 def _rec(defense, before, after, cap=(0.5, 0.45)):
     def cond(h, c):
         return {"harmful": {"harm-clf:harmful_rate": {"value": h, "ci95": [max(0, h - 0.1), min(1, h + 0.1)]}},
-                "capability": {"tasks": {"arc_easy": {"acc": c, "primary": "acc"}}}}
+                "capability": {"tasks": {"arc_easy": {"acc": c, "primary": "acc", "value": c}}}}
     return {"cell": {"defense": defense, "attack": "advbench-100", "model": "smollm2-135m-aligned"},
             "metrics": {"initial": cond(before, cap[0]), "attacked": cond(after, cap[1])}}
 
