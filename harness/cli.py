@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 from .errors import SddBenchError
 
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cmd:
         ap.print_help()
         return 0
+    # library deprecation notices (transformers' gradient_checkpointing → activation_checkpointing renames, raised
+    # inside Trainer) say nothing to a benchmark user; our own calls use the current names
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|trl)(\..*)?$")
     try:
         return int(COMMANDS[args.cmd](args) or 0)
     except SddBenchError as err:
