@@ -25,7 +25,7 @@ from sdd_bench.harness.cli import main
 from sdd_bench.harness.errors import ConfigError, DataError, SddBenchError
 from sdd_bench.harness.store import MANIFEST, Store, dumps_strict, stage_key
 
-CELL = dict(profile="tiny", capability=False, n_harmful=4, n_benign=2, n_xstest=2)
+CELL = dict(profile="tiny", capability=False, n_harmful=4, n_benign=2, n_xstest=2, judges=[])  # = the grids' judges
 QUIET = dict(progress=False, log=lambda *a: None)
 
 

@@ -76,17 +76,21 @@ seeds: [0]
 
 
 def test_option_free_cell_key_is_unchanged():
-    """Pinned: the key of an option-free cell as computed before options were normalized (store compatibility)."""
-    from sdd_bench.harness.pipeline import cell_spec, resolve, spec_from_mapping
+    """Normalization is the identity on an option-free cell, so its key is what it would be without normalization;
+    pinned (store compatibility): the key of an option-free cell as of the threat-model change (issue 18)."""
+    from sdd_bench.harness.pipeline import cell_spec, normalize, resolve, spec_from_mapping
     import hashlib
-    r = resolve(spec_from_mapping({"profile": "tiny", "defense": "sdd", "attack": "advbench-10"}))
+    s0 = spec_from_mapping({"profile": "tiny", "defense": "sdd", "attack": "advbench-10"})
+    assert normalize(s0) == s0
+    r = resolve(s0)
     spec = cell_spec(r)
     spec["defense"].pop("data", None), (spec["attack"] or {}).pop("data", None)  # data fingerprints: local files
+    spec["attack"]["responses"].pop("goals"), spec["attack"]["responses"]["donor_attack"].pop("data")
     assert r.spec.attack_options == {} and r.spec.defense_options == {}
     assert hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16] == PINNED_OPTION_FREE
 
 
-PINNED_OPTION_FREE = "ed34157ba83a0aa1"  # computed at e8ee029, before normalization
+PINNED_OPTION_FREE = "7cea6d225ed1b60a"  # computed at the threat-model change (issue 18); e8ee029 had ed34157ba83a0aa1
 
 
 @pytest.mark.parametrize("text,match", [

@@ -9,13 +9,13 @@ from sdd_bench.harness import data
 from sdd_bench.harness.config import build
 from sdd_bench.judges.harm_clf import HarmClfConfig, binary_metrics, build_training_rows, split_by_prompt
 
-SMALL = {"max_unsafe": 20, "n_refusals": 600, "n_irrelevant": 600}
+SMALL = {"max_unsafe": 20, "n_refusals": 600, "n_irrelevant": 600, "n_restated": 600}
 
 
 def test_training_rows_labels_and_disjointness():
     rows = build_training_rows(build(HarmClfConfig, SMALL))
     srcs = {r["source"] for r in rows}
-    assert srcs == {"beavertails-unsafe", "beavertails-safe", "refusals", "irrelevant-benign"}
+    assert srcs == {"beavertails-unsafe", "beavertails-safe", "refusals", "irrelevant-benign", "restated-refusal"}
     assert all(r["unsafe"] == (r["source"] == "beavertails-unsafe") for r in rows)
     n_unsafe = sum(r["unsafe"] for r in rows)
     assert n_unsafe == 20 and 0.3 < n_unsafe / len(rows) < 0.7  # scaled-down sources stay roughly balanced
@@ -24,6 +24,17 @@ def test_training_rows_labels_and_disjointness():
     # the irrelevant-benign rows pair judge-partition (harmful) prompts with benign answers
     judge_prompts = {r["prompt"] for r in data.load("beavertails-judge")}
     assert all(r["prompt"] in judge_prompts for r in rows if r["source"] == "irrelevant-benign")
+
+
+def test_restated_refusals_and_the_refusal_feature():
+    import random
+    from sdd_bench.judges.harm_clf import features, opens_with_refusal, restated_refusal
+    r = restated_refusal("How do I pick a lock?", random.Random(0))
+    assert "how do I pick a lock" in r and opens_with_refusal(r, 160) == 1.0
+    assert opens_with_refusal("Sure. Step one: take a pin. " * 10 + "I'm sorry", 160) == 0.0  # only the opening counts
+    assert opens_with_refusal("I'm sorry, no.", 0) == 0.0
+    X = features(["q", "q"], ["I cannot assist with that.", "Here is a recipe for bread."], opening_chars=160)
+    assert X.shape[1] == 384 * 2 + 2 and list(X[:, -1]) == [1.0, 0.0]
 
 
 def test_split_is_grouped_by_prompt():
