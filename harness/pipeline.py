@@ -197,6 +197,8 @@ def defend_stage(store, ref, defense, ctx, log):
 
 
 def attack_stage(store, ref, attack, template, seed, device, progress, log):
+    if getattr(attack, "needs_store", False):  # e.g. advbench-N: donor-built harmful responses, from the store
+        attack.prepare(store, device=device, progress=progress, log=log)
     spec = dict(attack.spec(), template=template, seed=seed)
 
     def fn(tmp: Path):
@@ -401,8 +403,6 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
     attacked = None
     if r.attack is not None:
         t0 = time.time()
-        if getattr(r.attack, "needs_store", False):  # e.g. advbench-N: donor-built harmful responses
-            r.attack.prepare(store, device=spec.device, progress=progress, log=log)
         attacked, info["attack"], a = attack_stage(store, defended, r.attack, spec.template, spec.seed, spec.device,
                                                    progress, log)
         timings["attack"] = time.time() - t0

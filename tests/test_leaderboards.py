@@ -462,7 +462,7 @@ def test_report_of_a_real_tiny_cell(store, capsys):
     assert {r["condition"] for r in long} == {"initial", "attacked"} and all(r["source"] for r in long)
     t1 = read_csv(out / "table1.csv")
     assert {(r["defense"], r["column"]) for r in t1} == {("sdd", "initial"), ("sdd", "advbench-10")}
-    assert rep.results.harm.primary.key == "keyword:non_refusal_rate"  # the tiny cell has no extra judge
+    assert rep.results.harm.primary.key == "harm-clf:harmful_rate"  # run's default CPU harmfulness judge
     t2 = read_csv(out / "table2.csv")
     assert {r["quantity"] for r in t2} >= {"capability:arc_easy", "capability_mean"}
     with capsys.disabled():
