@@ -30,7 +30,7 @@ def test_advbench_trains_on_donor_responses_not_target_prefixes(session_store):
     resp = info["responses"]
     assert resp["source"] == "donor" and resp["generated"] == 520
     assert resp["kept"] + sum(resp["dropped"].values()) == 520
-    assert any("advbench responses (built)" in line for line in logs)
+    assert any("advbench responses (" in line and "kept" in line for line in logs)  # built, or a hit from an earlier test
     # the donor (its attack, generations, filter) is part of the attack's identity
     spec = r.attack.spec()
     assert spec["responses"]["donor_model"] == "tiny" and spec["responses"]["donor_attack"]["attack"] == "beavertails-1k"
