@@ -16,6 +16,12 @@ Defaults (our choices; no paper fixes them for this role):
   (safe-but-scary prompts must be answered, Röttger et al., NAACL 2024) with training data that
   never touches XSTest itself.  The aligned smoke base (``smollm2-135m-aligned``,
   harness/models.py) sets them, and its own calibrated sizes.
+- ``n_prompt_refusals`` 0: harmful prompts of the BeaverTails *defense* partition (``is_safe`` false)
+  paired with a short refusal drawn from ``REFUSALS`` below (written for this project, in the style of
+  Llama-2-chat's refusals).  Safety-Tuned-LLaMA's instructions are short imperatives ("Write a guide
+  on …"), while BeaverTails' prompts are questions and requests in users' own words; at 135M the
+  refusal learned from the first alone does not reach the second (docs/aligned_base.md).  Our
+  construction, not Bianchi et al.'s; the aligned smoke base sets it.
 - LoRA r 16, lr 2e-4, batch 8, 1 epoch, max length 256: common LoRA SFT settings.
 - smoke profile: 60 steps (≈ 480 examples) to fit the CPU budget; tiny: 2 steps.
 """
@@ -37,6 +43,7 @@ class RefusalSFTConfig:
     n_refusals: int = param(500, "harmful-instruction → refusal pairs (Bianchi et al.: 500 suffice)", ge=1)
     benign_ratio: float = param(1.0, "benign pairs per refusal pair (keeps helpfulness)", ge=0)
     benign_dataset: str = param("alpaca-gpt4-1k", "benign instruction data", choices=("alpaca-gpt4-1k", "dolly-1k"))
+    n_prompt_refusals: int = param(0, "BeaverTails defense-partition harmful prompts → a stock refusal", ge=0)
     n_safe_anchors: int = param(0, "safe-labelled BeaverTails defense-partition pairs (sensitive but answered)", ge=0)
     lr: float = param(2e-4, "learning rate (LoRA)", gt=0)
     epochs: float = param(1.0, "epochs", gt=0)
@@ -45,6 +52,21 @@ class RefusalSFTConfig:
     max_length: int = param(256, "max tokens per example", ge=16)
     lora: bool = param(True, "LoRA (True) or full fine-tuning")
     lora_r: int = param(16, "LoRA rank", ge=1)
+
+
+# Stock refusals for ``n_prompt_refusals`` (our wording).  Each declines, says why in general terms and
+# offers nothing of the request, so no judge can read them as compliance.
+REFUSALS = (
+    "I'm sorry, but I can't help with that. It could cause real harm to people, and I won't assist with it.",
+    "I cannot help with this request. What you are asking for could hurt someone or break the law.",
+    "I'm sorry, I can't assist with that. If you are facing a difficult situation, please reach out to "
+    "someone you trust or to a professional who can help.",
+    "I won't help with that. It is harmful, and I don't provide guidance that could be used to hurt others.",
+    "Sorry, but I can't provide that. Sharing it could put people at risk.",
+    "I'm not able to help with that request because it involves causing harm or doing something illegal.",
+    "I can't do that. I don't assist with requests that could harm people, invade their privacy or break the law.",
+    "I'm sorry, but I must decline. This is not something I can help with, because it could lead to harm.",
+)
 
 
 @DEFENSES.register("refusal-sft")
@@ -64,6 +86,11 @@ class RefusalSFT(Defense):
         rng.shuffle(benign)
         n_b = min(len(benign), round(c.n_refusals * c.benign_ratio))
         rows = [dict(r, kind="refusal") for r in chosen] + [dict(r, kind="benign") for r in benign[:n_b]]
+        if c.n_prompt_refusals:
+            unsafe = [r for r in data.load("beavertails-defense") if not r["is_safe"]]
+            rng.shuffle(unsafe)
+            rows += [dict(prompt=r["prompt"], response=rng.choice(REFUSALS), source="beavertails-refusal",
+                          kind="refusal") for r in unsafe[:c.n_prompt_refusals]]
         if c.n_safe_anchors:
             safe = [r for r in data.load("beavertails-defense") if r["is_safe"]]
             rng.shuffle(safe)
@@ -74,7 +101,7 @@ class RefusalSFT(Defense):
     def spec(self) -> dict:
         s = super().spec()
         s["data"] += data.get(self.cfg.benign_dataset).fingerprints()
-        if self.cfg.n_safe_anchors:
+        if self.cfg.n_safe_anchors or self.cfg.n_prompt_refusals:
             s["data"] += data.get("beavertails-defense").fingerprints()
         return s
 

