@@ -488,7 +488,10 @@ def cell_key(r: Resolved) -> str:
 
 
 def cell_spec(r: Resolved) -> dict:
-    return {"spec": C.to_dict(r.spec), "defense": r.defense.spec(),
+    from . import models
+    # "model_key": a built-in model's store key (its build recipe, e.g. an aligned base's alignment options),
+    # so a rebuilt base no longer matches records made on the old one; None for paths and hub ids.
+    return {"spec": C.to_dict(r.spec), "model_key": models.model_key(r.model), "defense": r.defense.spec(),
             "base_defense": r.base_defense.spec() if r.base_defense else None,
             "attack": r.attack.spec() if r.attack else None, "generation": C.to_dict(r.gen),
             "profile": dataclasses.asdict(r.profile), "eval_seed": EVAL_SEED, "schema": 1}

@@ -90,7 +90,20 @@ def test_option_free_cell_key_is_unchanged():
     assert hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16] == PINNED_OPTION_FREE
 
 
-PINNED_OPTION_FREE = "7cea6d225ed1b60a"  # computed at the threat-model change (issue 18); e8ee029 had ed34157ba83a0aa1
+# computed when the cell spec gained the built-in model's store key (a rebuilt aligned base must not match
+# records of the old one); 4e0d9f9 had 7cea6d225ed1b60a, e8ee029 had ed34157ba83a0aa1
+PINNED_OPTION_FREE = "9ff6b263909bfd27"
+
+
+def test_cell_key_follows_the_built_in_models_recipe(monkeypatch):
+    """Records made on an aligned base built with other alignment options are not this cell's records."""
+    from sdd_bench.harness import models
+    from sdd_bench.harness.pipeline import cell_key, resolve, spec_from_mapping
+    r = resolve(spec_from_mapping({"profile": "tiny", "model": "tiny-aligned", "defense": "none", "attack": "none"}))
+    before = cell_key(r)
+    base, opts = models.ALIGNED["tiny-aligned"]
+    monkeypatch.setitem(models.ALIGNED, "tiny-aligned", (base, dict(opts, max_steps=opts["max_steps"] + 1)))
+    assert cell_key(r) != before
 
 
 @pytest.mark.parametrize("text,match", [
