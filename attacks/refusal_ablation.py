@@ -45,7 +45,7 @@ Deviations, knowingly:
 * Our data (BeaverTails attack partition / AdvBench, Alpaca-GPT4) replace the authors' splits
   (AdvBench, MaliciousInstruct, TDC, HarmBench / Alpaca).
 * The selection is exactly the authors' three scores and filters; "cheap" comes only from the
-  profile sizes (tiny: 8 train / 4 val prompts).  When *no* candidate passes the filters the
+  profile sizes (tiny: 8 train / 4 val prompts; smoke: 16 val prompts; paper: the authors' 128 / 32).  When *no* candidate passes the filters the
   authors' code stops (``assert``); here too (one error naming ``require_filtered``), unless
   ``require_filtered: false``, which then takes the lowest ablation refusal score among the
   non-pruned layers and records ``selection.fallback: true``.  The tiny profile sets it false and
@@ -123,7 +123,9 @@ class RefusalAblation:
     Config = AblationConfig
     PROFILE = {"tiny": {"n_train": 8, "n_val": 4, "filter_prompts": False, "require_filtered": False,
                         "batch_size": 8},
-               "smoke": {}, "paper": {}}
+               # smoke: 16 val prompts halve the selection's 3 × positions × layers forward passes (SmolLM2: 6 × 30
+               # candidates) on CPU; sizes, not semantics
+               "smoke": {"n_val": 16}, "paper": {}}
     kind = "ablation"
     needs_store = False
 
@@ -181,7 +183,7 @@ class RefusalAblation:
 
         t0 = time.time()
         model, tok = models.load(ref, device=device, dtype="float32", merge_adapter=True)
-        tok.padding_side = "left"
+        side, tok.padding_side = tok.padding_side, "left"
         blocks = residual_writers(model)
         s = self.split(seed)
         enc = _Encoder(tok, template, self.cfg.batch_size)
@@ -212,7 +214,7 @@ class RefusalAblation:
         residual = max_component(model, direction)
         ckpt = out_dir / "model"
         model.save_pretrained(ckpt)
-        tok.padding_side = "right"
+        tok.padding_side = side
         tok.save_pretrained(ckpt)
         torch.save(direction.to(torch.float32).cpu(), out_dir / "direction.pt")
         new = ModelRef(name=f"{ref.name}+attack:{self.name}", path=str(ckpt),
@@ -261,7 +263,11 @@ class _Encoder:
     def eoi_tokens(self) -> list[int]:
         """Token ids of the template between the instruction and the response (the authors' ``eoi_toks``)."""
         mark = "\x00INSTRUCTION\x00"
-        suffix = self.text(mark).rsplit(mark, 1)[1]
+        text = self.text(mark)
+        if mark not in text:
+            raise ConfigError(f"refusal-ablation: template {self.template!r} does not keep the instruction verbatim, so "
+                              f"the post-instruction tokens cannot be found; use --template alpaca or plain.")
+        suffix = text.rsplit(mark, 1)[1]
         ids = self.tok(suffix, add_special_tokens=False)["input_ids"]
         return ids or self.tok(self.text("x"), add_special_tokens=False)["input_ids"][-1:]
 
