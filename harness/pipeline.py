@@ -654,7 +654,8 @@ def register_cli(sub, add_common) -> dict:
     p.add_argument("--config", help="YAML with RunSpec fields (CLI flags override it)")
     p.add_argument("--defense", help="defense name (default none)")
     p.add_argument("--base-defense", help="apply this defense first, then --defense on its output")
-    p.add_argument("--attack", help="attack preset (default none)")
+    p.add_argument("--attack", help="attack preset (default none): fine-tuning (advbench-100, …), refusal-ablation "
+                   "(no training), restore-*/mixed-* (`sdd-bench ls attacks`, docs/attacks.md)")
     p.add_argument("--model", help="model (default: the profile's)")
     p.add_argument("--profile", choices=("tiny", "smoke", "paper"))
     p.add_argument("--seed", type=int)
