@@ -63,3 +63,35 @@ def test_second_run_is_a_cache_hit(traj_cell, session_store):
     assert art2.path == art.path
     assert not any(("done" in l and ("generate" in l or "capability" in l)) or "trained" in l for l in logs), logs
     assert rec2["trajectory"] == rec["trajectory"]
+
+
+# ------------------------------------------------------------------------------------------
+# the report: a trajectory figure and CSV from synthetic records
+def _traj_record(defense, harms, caps, seed=0):
+    from test_leaderboards import _condition, make_record
+    rec = make_record(defense, "beavertails-100", dataset="beavertails-attack", harm0=harms[0], harm=harms[-1],
+                      cap0=caps[0], cap=caps[-1], seed=seed, attack_options={"checkpoints": [0.25, 0.5, 1.0]})
+    steps = [0, 10, 20, 40]
+    rec["trajectory"] = [{"step": st, "fraction": st / 40, "examples_seen": st * 10,
+                          "source": "initial" if st == 0 else "final" if st == 40 else "checkpoint",
+                          "metrics": _condition(h, 0.1, c, None, None)} for st, h, c in zip(steps, harms, caps)]
+    return rec
+
+
+def test_trajectory_figure_and_csv_from_synthetic_records(tmp_path):
+    from test_leaderboards import make_record, read_csv, report
+    recs = [_traj_record("none", [0.1, 0.5, 0.8, 0.9], [0.6, 0.6, 0.55, 0.5]),
+            _traj_record("sdd", [0.05, 0.1, 0.3, 0.2], [0.6, 0.4, 0.3, 0.26]),
+            make_record("sdd", "beavertails-100", dataset="beavertails-attack", harm=0.2, cap=0.26)]  # plain twin
+    rep = report(tmp_path, recs)
+    png = (rep.out / "attack_trajectory.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000 and "attack_trajectory.png" in rep.files
+    colours = json.loads((rep.out / "figures.json").read_text())
+    assert set(colours["figures"]["attack_trajectory.png"]) == {"none", "sdd"}  # one colour per defense, shared
+    rows = read_csv(rep.out / "trajectory.csv")
+    sdd = [r for r in rows if r["defense"] == "sdd" and r["quantity"] == "harm-clf:harmful_rate"]
+    assert [int(r["step"]) for r in sdd] == [0, 10, 20, 40] and float(sdd[2]["mean"]) == pytest.approx(0.3)
+    assert all(float(r["ci_lo"]) <= float(r["mean"]) <= float(r["ci_hi"]) for r in sdd)  # harness.metrics.interval
+    assert "checkpoints" not in sdd[0]["attack"]  # the checkpoints add evaluations, not another attack
+    # the record with a trajectory is kept over its plain twin (same cell and seed)
+    assert any("duplicate record" in line and "r001" in line.split("kept")[1].split(",")[0] for line in rep.log)
