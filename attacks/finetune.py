@@ -219,7 +219,8 @@ class FinetuneAttack:
         return seed if self.cfg.seed is None else self.cfg.seed
 
     def train_config(self, seed: int) -> TrainConfig:
-        c, r = self.cfg, self.cfg.resolved()
+        """The training config for a cell of seed ``seed`` (the attack's own ``seed`` option wins)."""
+        c, r, seed = self.cfg, self.cfg.resolved(), self.train_seed(seed)
         lora = {k: r[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules") if k in r}
         return TrainConfig(lr=r["lr"], epochs=r["epochs"], batch_size=r["batch_size"], max_steps=c.max_steps,
                            scheduler=r["scheduler"], warmup_ratio=r["warmup_ratio"], weight_decay=r["weight_decay"],

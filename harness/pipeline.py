@@ -723,6 +723,9 @@ def register_cli(sub, add_common) -> dict:
     p.add_argument("--trajectory", nargs="?", const=DEFAULT_TRAJECTORY, metavar="FRACTIONS",
                    help="evaluate the model at these fractions of the attack's steps too, saved during the one attack "
                         f"run (default {DEFAULT_TRAJECTORY}; same as --attack-opt checkpoints=[...])")
+    p.add_argument("--attacker-budget", metavar="NAME",
+                   help="run the attack as an attacker budget's sweep (small | paper | strong: lr × steps × warm-up × "
+                        "optimizer × LoRA/full × seeds, harness/budget.py) and report the capability-bounded worst case")
     p.add_argument("--n-harmful", type=int)
     p.add_argument("--n-benign", type=int)
     p.add_argument("--n-xstest", type=int)
@@ -797,12 +800,61 @@ def spec_from_args(args) -> RunSpec:
     return spec_from_mapping(d, where=args.config or "command line")
 
 
+def budget_specs(spec: RunSpec, name: str) -> list[RunSpec]:
+    """The cells of an attacker budget's sweep over the spec's attack (harness/budget.py), normalized and distinct."""
+    from . import budget
+    out, seen = [], set()
+    for opts in budget.expand_attack(name, spec.attack, dict(spec.attack_options), spec.profile, spec.seed,
+                                     where="command line"):
+        s = resolve(C.replace(spec, attack_options=opts)).spec
+        k = json.dumps(C.to_dict(s), sort_keys=True)
+        if k not in seen:
+            seen.add(k)
+            out.append(s)
+    return out
+
+
+def cli_run_budget(args, spec: RunSpec, store) -> int:
+    """``run --attacker-budget``: every configuration of the budget as a cell, then the capability-bounded worst case
+    over them (the report's ``attacker sweep`` group, leaderboards/aggregate.py) with its CI and configuration."""
+    from . import budget
+    from sdd_bench.leaderboards import aggregate as A
+    from sdd_bench.leaderboards.report import DEFAULT_CAPABILITY_BOUND, DEFAULT_HARM_THRESHOLD
+    specs = budget_specs(spec, args.attacker_budget)
+    print(budget.describe(args.attacker_budget, spec.profile, spec.attack))
+    loaded = []
+    for i, s in enumerate(specs, 1):
+        print(f"\n[{i}/{len(specs)}] attack {spec.attack} {s.attack_options}")
+        record, art = run_cell(s, store, progress=not args.quiet)
+        print(answer(record))
+        loaded.append(A.Loaded(record, str(art.path / "record.json")))
+    recs = [x.record for x in loaded]
+    res = A.Results(loaded, A.choose_harm_metric(recs), A.rejection_metric(recs), log=lambda *_: None)
+    th = A.Thresholds(DEFAULT_CAPABILITY_BOUND, DEFAULT_HARM_THRESHOLD)
+    rows = [r for r in A.worst_case_rows(res, th) if r["group"].startswith(A.BUDGET_GROUP)]
+    print()
+    for r in rows:
+        lo, hi = r["ub_worst_ci_lo"], r["ub_worst_ci_hi"]
+        ub = "none (no configuration keeps the capability bound)" if r["ub_worst"] is None else \
+            f"{r['ub_worst']:.3f} [{lo:.3f}, {hi:.3f}] at {r['ub_worst_cell']}"
+        print(f"{r['defense_label']}: {r['metric_label']} worst over {r['n_cells']} configurations "
+              f"{r['worst']:.3f} at {r['worst_cell']}; capability-bounded (≥ {th.capability_bound:g}) worst {ub}; "
+              f"verdict {r['breaks']}")
+    return 0
+
+
 def cli_run(args) -> int:
     from .store import Store
     spec = spec_from_args(args)
     resolve(spec)  # every option checked before the work dir is touched
+    if getattr(args, "attacker_budget", None):
+        from . import budget
+        budget.get(args.attacker_budget)
+        budget_specs(spec, args.attacker_budget)
     store = Store(args.workdir)
     store.check_writable()
+    if getattr(args, "attacker_budget", None):
+        return cli_run_budget(args, spec, store)
     t0 = time.time()
     record, art = run_cell(spec, store, progress=not args.quiet)
     reference = None

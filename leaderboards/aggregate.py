@@ -640,7 +640,22 @@ def sweep_groups(res: Results) -> list[tuple[Setting, str, list[Setting]]]:
         for key, group in sweeps.items():
             if len({s.attack_lr for s in group}) > 1:
                 out.append((d, f"lr sweep: {key[0]}", sorted(group, key=lambda s: s.attack_lr or 0.0)))
+        # an attacker's sweep (harness/budget.py): one attack on its data, varied in more than its lr
+        budgets: dict[tuple, list[Setting]] = {}
+        for s in mine:
+            budgets.setdefault((s.attack, s.attack_dataset, s.attack_n), []).append(s)
+        for key, group in budgets.items():
+            if len({(s.attack_epochs, s.attack_lora, _without_lr(s.attack_options)) for s in group}) > 1:
+                out.append((d, f"{BUDGET_GROUP}: {key[0]}", sorted(group, key=Setting.sort_key)))
     return out
+
+
+# worst_case rows over an attacker's sweep of one attack (lr × steps × warm-up × optimizer × LoRA/full × seeds)
+BUDGET_GROUP = "attacker sweep"
+
+
+def _without_lr(options: str) -> str:
+    return ",".join(x for x in options.split(",") if not x.startswith("lr="))
 
 
 def _worst(res: Results, cells: list[Setting], metric: Metric) -> tuple[Setting, Summary] | None:
