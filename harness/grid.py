@@ -354,7 +354,8 @@ def plan(g: GridSpec, store, cells: list | None = None) -> Plan:
             ident = models.materialize(r.model, store).identity()
         else:
             ident = f"model/{mkey}"
-            if store.get("model", mkey) is None:
+            if store.get("model", mkey) is None and ident not in counted:  # built once, whatever cells share it
+                counted.add(ident)
                 remaining.append(("model", default["model"]))
         for which, d in (("base_defend", r.base_defense), ("defend", r.defense)):
             if d is None or getattr(d, "identity", False):

@@ -108,3 +108,17 @@ def test_worst_case_over_the_budget_respects_the_capability_bound(tmp_path):
     assert float(r["ub_worst_ci_lo"]) < 0.70 < float(r["ub_worst_ci_hi"])
     head = read_csv(rep.out / "headline.csv")[0]  # the headline's worst case over every malicious attack agrees
     assert float(head["ub_worst"]) == pytest.approx(0.70) and head["ub_worst_cell"] == r["ub_worst_cell"]
+
+
+def test_run_with_a_budget_runs_each_config_and_prints_the_worst_case(tmp_path, capsys, monkeypatch):
+    """`run --attacker-budget` on tiny, with the budget table patched down to two configurations (warm-up 0 / 10%)."""
+    monkeypatch.setitem(budget.BUDGETS, "small", budget.Budget(lr=(None,), steps=(1.0,), warmup_ratio=(0.0, 0.1),
+                                                               optimizer=("adamw_torch",), lora=(False,), seeds=(0,),
+                                                               source="test"))
+    assert main(["run", "--profile", "tiny", "--attack", "beavertails-10", "--attacker-budget", "small",
+                 "--n-harmful", "4", "--n-benign", "2", "--n-xstest", "0", "--judges", "keyword", "--quiet",
+                 "--workdir", str(tmp_path / "w")]) == 0
+    out = capsys.readouterr().out
+    assert "attacker budget 'small': 2 attack configurations" in out and "[2/2] attack beavertails-10" in out
+    line = next(x for x in out.splitlines() if x.startswith("none: "))
+    assert "worst over 2 configurations" in line and "capability-bounded" in line and "verdict" in line
