@@ -19,6 +19,20 @@ AdvBench's own ``target`` strings ("Sure, here is …").  Profiles cap optimizer
 ``distinct_examples`` and ``epochs_run``.  Harmful attack data come only from attack partitions (``advbench``,
 ``beavertails-attack``), disjoint from defense data and evaluation prompts.  Profiles cap the
 optimizer steps (sizes, not semantics): tiny 2 steps, smoke 40 steps on CPU; paper uncapped.
+
+Options for an attacker who tunes (issue 23; docs/attacker_budget.md).  Their defaults leave every attack as the
+recipe has it, and at their defaults they are left out of the attack's spec (``LATER_FIELDS``), so no existing key
+changes:
+
+* ``optimizer`` (default ``adamw_torch``: every recipe's source trains with AdamW; ``sgd``: SEAM's SGD attack), passed
+  to transformers' ``optim``;
+* ``warmup_ratio`` (default None: the recipe's, 0 for Qi et al. 2023's code, 10% for SEAM's script); on a constant
+  recipe a warm-up runs as ``constant_with_warmup`` (transformers' ``constant`` ignores warm-up);
+* ``seed`` (default None: the cell's seed, as before): the attack's own seed, so an attacker budget can rerun the
+  attack with other seeds on one defended model;
+* ``checkpoints`` (default none): fractions of the steps after which the model is also saved during the one attack
+  run (a ``TrainerCallback``), each then evaluated as its own cached stage (record ``trajectory``); the
+  ``--trajectory`` default 10/25/50/100% is the issue's example.
 """
 from __future__ import annotations
 
