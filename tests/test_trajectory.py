@@ -95,3 +95,37 @@ def test_trajectory_figure_and_csv_from_synthetic_records(tmp_path):
     assert "checkpoints" not in sdd[0]["attack"]  # the checkpoints add evaluations, not another attack
     # the record with a trajectory is kept over its plain twin (same cell and seed)
     assert any("duplicate record" in line and "r001" in line.split("kept")[1].split(",")[0] for line in rep.log)
+
+
+# ------------------------------------------------------------------------------------------
+# the checkpoints themselves (harness/training.py: train_sft(save_at_steps=...))
+PAIRS = [{"prompt": "Name a fruit.", "response": "Apple, a sweet fruit that grows on trees."},
+         {"prompt": "Say hello.", "response": "Hello! How can I help you today?"}] * 4
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    assert out, f"no weights under {path}"
+    return out
+
+
+def test_a_checkpoint_is_the_run_at_that_step(tiny_ref, tmp_path):
+    """Constant lr: the step-1 checkpoint of a 3-step run has the weights of a 1-step run (a prefix), and saving it
+    does not change the run (its final weights equal a run without checkpoints)."""
+    from sdd_bench.harness.training import TrainConfig, train_sft
+    cfg = TrainConfig(lr=1e-2, max_steps=3, batch_size=4, seed=3)
+    _, info = train_sft(tiny_ref, PAIRS, cfg, tmp_path / "traj", "chat", device="cpu", progress=False,
+                        save_at_steps=[1])
+    (ck,) = info["checkpoints"]
+    assert ck["step"] == 1 and ck["ref"].adapter is None and "checkpoints/step-000001" in ck["ref"].path
+    train_sft(tiny_ref, PAIRS, TrainConfig(lr=1e-2, max_steps=1, batch_size=4, seed=3), tmp_path / "one", "chat",
+              device="cpu", progress=False)
+    train_sft(tiny_ref, PAIRS, cfg, tmp_path / "plain", "chat", device="cpu", progress=False)
+    a, b = _weights(tmp_path / "traj" / "checkpoints" / "step-000001"), _weights(tmp_path / "one" / "model")
+    assert all((a[k] == b[k]).all() for k in b)
+    a, b = _weights(tmp_path / "traj" / "model"), _weights(tmp_path / "plain" / "model")
+    assert all((a[k] == b[k]).all() for k in b)
+
