@@ -19,6 +19,20 @@ AdvBench's own ``target`` strings ("Sure, here is …").  Profiles cap optimizer
 ``distinct_examples`` and ``epochs_run``.  Harmful attack data come only from attack partitions (``advbench``,
 ``beavertails-attack``), disjoint from defense data and evaluation prompts.  Profiles cap the
 optimizer steps (sizes, not semantics): tiny 2 steps, smoke 40 steps on CPU; paper uncapped.
+
+Options for an attacker who tunes (issue 23; docs/attacker_budget.md).  Their defaults leave every attack as the
+recipe has it, and at their defaults they are left out of the attack's spec (``LATER_FIELDS``), so no existing key
+changes:
+
+* ``optimizer`` (default ``adamw_torch``: every recipe's source trains with AdamW; ``sgd``: SEAM's SGD attack), passed
+  to transformers' ``optim``;
+* ``warmup_ratio`` (default None: the recipe's, 0 for Qi et al. 2023's code, 10% for SEAM's script); on a constant
+  recipe a warm-up runs as ``constant_with_warmup`` (transformers' ``constant`` ignores warm-up);
+* ``seed`` (default None: the cell's seed, as before): the attack's own seed, so an attacker budget can rerun the
+  attack with other seeds on one defended model;
+* ``checkpoints`` (default none): fractions of the steps after which the model is also saved during the one attack
+  run (a ``TrainerCallback``), each then evaluated as its own cached stage (record ``trajectory``); the
+  ``--trajectory`` default 10/25/50/100% is the issue's example.
 """
 from __future__ import annotations
 
@@ -28,7 +42,7 @@ from dataclasses import dataclass
 from sdd_bench.harness import data
 from sdd_bench.harness.config import build, param, to_dict
 from sdd_bench.harness.errors import ConfigError
-from sdd_bench.harness.training import TrainConfig, train_sft
+from sdd_bench.harness.training import TrainConfig, checkpoint_steps, total_steps, train_sft
 
 ATTACK_DATASETS = ("advbench-responses", "advbench", "beavertails-attack", "sharegpt", "alpaca-gpt4-1k", "dolly-1k", "sst2-train",
                    "agnews-train", "gsm8k-train")
@@ -78,6 +92,11 @@ RECIPES = {
 }
 
 
+# options added after version 2 of the attack spec: dropped from ``spec()`` while at their defaults, so the attack
+# (and cell) keys of every existing configuration are unchanged
+LATER_FIELDS = {"warmup_ratio": None, "seed": None, "checkpoints": []}
+
+
 @dataclass(frozen=True)
 class AttackConfig:
     dataset: str = param("advbench-responses", "training data (advbench-responses: goals + donor responses; "
@@ -94,7 +113,15 @@ class AttackConfig:
     lora: bool = param(False, "LoRA attack (default: full fine-tuning, as in the papers)")
     lora_r: int | None = param(None, "LoRA rank (None: the recipe's)", ge=1)
     lora_alpha: float | None = param(None, "LoRA α (None: the recipe's)", gt=0)
-    optimizer: str = param("adamw_torch", "optimizer (SEAM also attacks with sgd)", choices=("adamw_torch", "sgd"))
+    optimizer: str = param("adamw_torch", "optimizer, passed to transformers' ``optim`` (SEAM also attacks with sgd)",
+                           choices=("adamw_torch", "sgd"))
+    warmup_ratio: float | None = param(None, "share of the steps warming up (None: the recipe's; with the recipe's "
+                                       "constant schedule a warm-up means constant_with_warmup)", ge=0, lt=1)
+    seed: int | None = param(None, "the attack's own training seed (data sample and order, LoRA init; None: the "
+                             "cell's seed). An attacker budget varies it without re-training the defense", ge=0)
+    checkpoints: tuple[float, ...] = param((), "attack trajectory: also save the model after these fractions of the "
+                                           "steps (e.g. [0.1, 0.25, 0.5, 1.0]) in this one run; each is evaluated "
+                                           "like the final model (record: trajectory)")
     max_length: int = param(256, "max tokens per example", ge=16)
     responses_file: str | None = param(None, "advbench-responses: JSONL of {prompt, response} instead of the donor")
     donor_model: str | None = param(None, "advbench-responses: donor model (None: the profile's raw chat model)")
@@ -106,8 +133,11 @@ class AttackConfig:
 
     def resolved(self) -> dict:
         r = RECIPES[self.recipe]
+        warmup = r.warmup_ratio if self.warmup_ratio is None else self.warmup_ratio
+        # transformers' "constant" schedule ignores warm-up: a warm-up on a constant recipe is constant_with_warmup
+        scheduler = "constant_with_warmup" if warmup > 0 and r.scheduler == "constant" else r.scheduler
         out = {"lr": self.lr or r.lr, "epochs": self.epochs or r.epochs, "batch_size": self.batch_size or r.batch_size,
-               "scheduler": r.scheduler, "warmup_ratio": r.warmup_ratio, "weight_decay": r.weight_decay,
+               "scheduler": scheduler, "warmup_ratio": warmup, "weight_decay": r.weight_decay,
                "max_grad_norm": r.max_grad_norm, "recipe_source": r.source}
         if self.lora:
             out.update(lora_r=self.lora_r or r.lora_r, lora_alpha=self.lora_alpha or r.lora_alpha,
@@ -129,6 +159,10 @@ class FinetuneAttack:
     def __init__(self, cfg: AttackConfig, name: str = "custom", profile: str = "smoke"):
         self.cfg, self.name, self.profile = cfg, name, profile
         self._donor: tuple[list[dict], dict] | None = None
+        bad = [f for f in cfg.checkpoints if not 0.0 < f <= 1.0]
+        if bad:
+            raise ConfigError(f"attack {name!r}: checkpoints must be fractions of the attack's steps in (0, 1], got "
+                              f"{list(cfg.checkpoints)}; e.g. checkpoints=[0.1,0.25,0.5,1.0].")
         if cfg.dataset != DONOR and (cfg.responses_file or cfg.donor_model):
             raise ConfigError(f"attack {name!r}: responses_file / donor_model apply to dataset advbench-responses "
                               f"only (this attack trains on {cfg.dataset}).")
@@ -194,8 +228,13 @@ class FinetuneAttack:
         info["poison_ratio_actual"] = sum(r["kind"] == "harmful" for r in rows) / len(rows) if self.kind != "mft" else 1.0
         return rows, info
 
+    def train_seed(self, seed: int) -> int:
+        """The seed the attack trains with: its own ``seed`` option, else the cell's."""
+        return seed if self.cfg.seed is None else self.cfg.seed
+
     def train_config(self, seed: int) -> TrainConfig:
-        c, r = self.cfg, self.cfg.resolved()
+        """The training config for a cell of seed ``seed`` (the attack's own ``seed`` option wins)."""
+        c, r, seed = self.cfg, self.cfg.resolved(), self.train_seed(seed)
         lora = {k: r[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules") if k in r}
         return TrainConfig(lr=r["lr"], epochs=r["epochs"], batch_size=r["batch_size"], max_steps=c.max_steps,
                            scheduler=r["scheduler"], warmup_ratio=r["warmup_ratio"], weight_decay=r["weight_decay"],
@@ -205,7 +244,13 @@ class FinetuneAttack:
     def spec(self) -> dict:
         ds = [self.cfg.dataset] + ([self.cfg.poison_dataset] if self.cfg.poison_ratio > 0 else [])
         fps = []
-        out = {"attack": self.name, "version": 2, "config": to_dict(self.cfg), "resolved": self.cfg.resolved()}
+        config = to_dict(self.cfg)
+        for k, default in LATER_FIELDS.items():  # at their defaults, options added later leave the keys as they were
+            if config.get(k) == default:
+                config.pop(k)
+        if config.get("checkpoints"):
+            config["checkpoints"] = sorted(set(config["checkpoints"]))
+        out = {"attack": self.name, "version": 2, "config": config, "resolved": self.cfg.resolved()}
         for d in ds:
             if d == DONOR:
                 from .donor import donor_spec
@@ -216,13 +261,24 @@ class FinetuneAttack:
         return out
 
     def attack(self, ref, out_dir, template: str, seed: int, device: str = "auto", progress: bool = True):
+        seed = self.train_seed(seed)
         rows, info = self.build_data(seed)
-        new, tinfo = train_sft(ref, rows, self.train_config(seed), out_dir, template, device=device, progress=progress,
-                               name=f"attack:{self.name}")
+        tcfg = self.train_config(seed)
+        total = total_steps(tcfg, len(rows))
+        at = checkpoint_steps(self.cfg.checkpoints, total) if self.cfg.checkpoints else {}
+        new, tinfo = train_sft(ref, rows, tcfg, out_dir, template, device=device, progress=progress,
+                               name=f"attack:{self.name}", save_at_steps=[s for s in at if s < total])
         tinfo["data_info"] = info
-        tinfo["examples_seen"] = min(len(rows) * self.cfg.resolved()["epochs"], tinfo["steps"] * self.cfg.resolved()["batch_size"])
+        batch, epochs = self.cfg.resolved()["batch_size"], self.cfg.resolved()["epochs"]
+        tinfo["examples_seen"] = min(len(rows) * epochs, tinfo["steps"] * batch)
         tinfo["distinct_examples"] = info["distinct_examples"]
         tinfo["epochs_run"] = tinfo["examples_seen"] / len(rows)
+        if self.cfg.checkpoints:  # the trajectory: each saved step, then the final model
+            for c in tinfo.get("checkpoints", []):
+                c.update(fraction=c["step"] / total, requested=at[c["step"]],
+                         examples_seen=min(len(rows) * epochs, c["step"] * batch))
+            tinfo["trajectory_steps"] = {"total": total, "requested": sorted(set(self.cfg.checkpoints)),
+                                         "final_requested": at.get(total, [])}
         return new, tinfo
 
 
@@ -246,4 +302,10 @@ class Preset:
         merged = dict(FinetuneAttack.PROFILE.get(profile, {}))
         merged.update(self.overrides)
         merged.update(user or {})
+        if isinstance(merged.get("checkpoints"), str):  # --attack-opt checkpoints=0.1,0.5,1.0 (YAML reads a string)
+            try:
+                merged["checkpoints"] = [float(x) for x in merged["checkpoints"].split(",") if x.strip()]
+            except ValueError:
+                raise ConfigError(f"attack {self.name!r}: checkpoints={merged['checkpoints']!r} is not a list of "
+                                  f"fractions; e.g. checkpoints=[0.1,0.25,0.5,1.0].") from None
         return FinetuneAttack(build(AttackConfig, merged, where=f"attack {self.name!r}"), self.name, profile)

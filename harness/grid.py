@@ -52,6 +52,8 @@ class GridSpec:
     judges: list = C.param(default_factory=list, doc="extra harmfulness judges on harmful prompts (e.g. harm-clf)")
     capability: bool = C.param(True, "run the capability stage (lm-eval)")
     run: dict = C.param(default_factory=dict, doc="other RunSpec fields applied to every cell (template, n_harmful…)")
+    attacker_budget: str | None = C.param(None, "expand each fine-tuning attack into an attacker budget's sweep: small | "
+                                          "paper | strong (harness/budget.py, docs/attacker_budget.md)")
     executor: str = C.param("local", "local | ray", choices=("local", "ray"))
     ray: dict = C.param(default_factory=dict, doc="ray options: address, num_cpus, cpus_per_cell, gpus_per_cell")
     description: str = C.param("", "free text")
@@ -80,6 +82,12 @@ def grid_from_mapping(data: dict, where: str = "grid") -> GridSpec:
     for s in g.seeds:
         if not isinstance(s, int) or isinstance(s, bool):
             raise ConfigError(f"{where}: seeds must be integers, got {s!r}.")
+    if g.attacker_budget is not None:
+        from . import budget
+        try:
+            budget.get(g.attacker_budget)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
     expand(g, where=where)  # validates every cell (names, options, sweeps)
     return g
 
@@ -118,6 +126,15 @@ def _attack_variants(entry: dict, where: str) -> list[tuple[str, dict]]:
     return out
 
 
+def _budget_variants(g: GridSpec, variants: list[tuple[str, dict]], seed: int, where: str) -> list[tuple[str, dict]]:
+    """Each attack variant expanded into the grid's attacker budget (harness/budget.py); unchanged without one."""
+    if g.attacker_budget is None:
+        return variants
+    from . import budget
+    return [(name, o) for name, opts in variants
+            for o in budget.expand_attack(g.attacker_budget, name, opts, g.profile, seed, where=where)]
+
+
 def expand(g: GridSpec, where: str = "grid") -> list:
     """Cells as RunSpecs, in a cache-friendly order (defense-major, so each defended model is built once).
     Each spec is normalized (options equal to their defaults dropped), so two spellings of one resolved
@@ -137,7 +154,8 @@ def expand(g: GridSpec, where: str = "grid") -> list:
         for m in models:
             for seed in g.seeds:
                 for a in g.attacks:
-                    for aname, aopts in _attack_variants(_entry(a, "attacks", where), where):
+                    for aname, aopts in _budget_variants(g, _attack_variants(_entry(a, "attacks", where), where),
+                                                         seed, where):
                         d_ = dict(g.run)
                         d_.update(defense=dname, base_defense=base, defense_options=dopts, base_defense_options=bopts,
                                   attack=aname, attack_options=aopts, model=m, profile=g.profile, seed=seed,
@@ -209,6 +227,22 @@ def defend_estimate(profile: str, name: str, cfg) -> float | None:
     passes = PASSES_PER_STEP.get(name, 1)
     passes = passes(cfg) if callable(passes) else passes
     return float(base) * steps * batch * length * passes / (ref[0] * ref[1] * ref[2])
+
+
+# The attack step count the "attack" default above was measured at (smoke: full fine-tuning, 40 steps ≈ 4 min).  An
+# attack with no timing in the store is estimated as default × its max_steps / these steps (an attacker budget's
+# ×¼ and ×4 step counts); LoRA and SGD are priced like full AdamW fine-tuning (an upper bound: LoRA skips most
+# weight gradients).
+ATTACK_REFERENCE_STEPS = {"tiny": 2, "smoke": 40, "paper": None}
+
+
+def attack_estimate(profile: str, cfg) -> float | None:
+    """Planned seconds of an attack with no timing in the store: the profile's default scaled by its step count."""
+    base = DEFAULT_ESTIMATE_S[profile]["attack"]
+    ref, steps = ATTACK_REFERENCE_STEPS.get(profile), getattr(cfg, "max_steps", None)
+    if base is None or ref is None or not isinstance(steps, int):
+        return base
+    return float(base) * steps / ref
 
 
 STAGE_KINDS = ("model", "defend", "evaluate", "attack")
@@ -320,7 +354,8 @@ def plan(g: GridSpec, store, cells: list | None = None) -> Plan:
             ident = models.materialize(r.model, store).identity()
         else:
             ident = f"model/{mkey}"
-            if store.get("model", mkey) is None:
+            if store.get("model", mkey) is None and ident not in counted:  # built once, whatever cells share it
+                counted.add(ident)
                 remaining.append(("model", default["model"]))
         for which, d in (("base_defend", r.base_defense), ("defend", r.defense)):
             if d is None or getattr(d, "identity", False):
@@ -341,7 +376,8 @@ def plan(g: GridSpec, store, cells: list | None = None) -> Plan:
             cached = store.get("attack", akey) is not None
             stages["attack"] = "cached" if cached else "missing"
             if not cached:
-                remaining.append(("attack", est("attack", r.attack.name, r.attack.cfg.max_steps)))
+                v = hist.get(("attack", r.attack.name, getattr(r.attack.cfg, "max_steps", None)))
+                remaining.append(("attack", v if v is not None else attack_estimate(g.profile, r.attack.cfg)))
             remaining.append(("evaluate", default["evaluate"]))
         else:
             stages["attack"] = "none"
@@ -538,6 +574,8 @@ def register_cli(sub, add_common) -> dict:
                                    "missing cells. Kill it at any point and re-run: finished stages are not redone.")
     p.add_argument("spec", help="grid YAML (e.g. configs/sdd_grid_smoke.yaml)")
     p.add_argument("--plan", action="store_true", help="show the plan and exit")
+    p.add_argument("--attacker-budget", metavar="NAME", help="expand each fine-tuning attack into an attacker budget's "
+                   "sweep: small | paper | strong (overrides the spec's attacker_budget; docs/attacker_budget.md)")
     p.add_argument("--executor", choices=("local", "ray"), help="override the spec's executor")
     p.add_argument("--ray-address", help="connect to this Ray cluster (default: start a local Ray instance)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell (default: run the others)")
@@ -552,6 +590,17 @@ def register_cli(sub, add_common) -> dict:
                         "relative to the current directory; see `sdd-bench publish`)")
     add_common(p)
     return {"grid": cli_grid}
+
+
+def budget_line(g: GridSpec, pl: Plan) -> str:
+    """What the grid's attacker budget adds: its configurations per attack and the planned cost of the budget's cells."""
+    from . import budget
+    b = budget.get(g.attacker_budget)
+    swept = [c for c in pl.cells if c.spec.attack != "none"]
+    est = [c.estimate_s for c in swept if c.state != "done"]
+    cost = "unknown (no timing for this profile yet)" if any(v is None for v in est) else _fmt_s(float(sum(est)))
+    return (f"attacker budget {g.attacker_budget!r}: {b.size} configurations per fine-tuning attack ({b.shape()}); "
+            f"{len(swept)} attacked cells, estimated remaining compute of those cells (with their defenses) {cost}")
 
 
 def parse_deadline(until: str | None, max_minutes: float | None, now: float | None = None) -> float | None:
@@ -581,12 +630,19 @@ def parse_deadline(until: str | None, max_minutes: float | None, now: float | No
 def cli_grid(args) -> int:
     from .store import Store, dumps_strict
     g = load_grid(args.spec)
+    if getattr(args, "attacker_budget", None):
+        from . import budget
+        budget.get(args.attacker_budget)
+        g = C.replace(g, attacker_budget=args.attacker_budget)
+        expand(g, where=str(args.spec))  # the expanded cells validated before the work dir is touched
     if args.ray_address:
         g = C.replace(g, ray={**g.ray, "address": args.ray_address}, executor="ray")
     store = Store(args.workdir)
     t0 = time.time()
     deadline = parse_deadline(args.until, args.max_minutes, now=t0)
     pl = plan(g, store)
+    if g.attacker_budget:
+        print(budget_line(g, pl))
     print(pl.summary())
     print(pl.stage_line())
     print(pl.table())

@@ -203,6 +203,8 @@ def attack_stage(store, ref, attack, template, seed, device, progress, log):
 
     def fn(tmp: Path):
         new, info = attack.attack(ref, tmp, template, seed, device=device, progress=progress)
+        for c in info.get("checkpoints") or []:  # trajectory checkpoints: refs relative to the artifact
+            c["ref"] = _ref_to_json(c["ref"], tmp)
         (tmp / "ref.json").write_text(json.dumps(_ref_to_json(new, tmp)))
         (tmp / "info.json").write_text(json.dumps(info, indent=1, default=str))
 
@@ -210,6 +212,35 @@ def attack_stage(store, ref, attack, template, seed, device, progress, log):
     art, hit = store.run("attack", spec, [ref.identity()], fn)
     log(f"attack {attack.name}: {'cache hit' if hit else 'trained'} ({time.time() - t0:.0f}s) -> {art.ref()}")
     return _ref_from_artifact(art), json.loads((art.path / "info.json").read_text()), art
+
+
+def attack_seed(attack, seed: int) -> int:
+    """The seed an attack trains (and samples its data) with: its own ``seed`` option where it has one, else the cell's."""
+    own = getattr(attack, "train_seed", None)
+    return own(seed) if own is not None else seed
+
+
+def checkpoint_refs(art, info: dict) -> list[tuple[dict, Any]]:
+    """The trajectory checkpoints saved inside an attack artifact: (point metadata, ModelRef) in step order.  Each
+    ref's key is the attack artifact's key plus the step, so every evaluation of a checkpoint (generations, judges,
+    capability) is its own cached stage."""
+    from .models import ModelRef
+    out = []
+    for c in info.get("checkpoints") or []:
+        d = dict(c["ref"])
+        for k in ("path", "adapter"):
+            if d.get(k) and str(d[k]).startswith("@artifact"):
+                d[k] = str(art.path) + d[k][len("@artifact"):]
+        d["key"] = f"{art.ref()}@step{c['step']}"
+        meta = {k: c[k] for k in ("step", "fraction", "requested", "examples_seen") if k in c}
+        out.append((meta, ModelRef.from_dict(d)))
+    return sorted(out, key=lambda p: p[0]["step"])
+
+
+def trajectory_point(meta: dict, metrics: dict, source: str) -> dict:
+    """One point of an attack trajectory: where it is in the attack, and the model's full evaluation there (the same
+    measurements, with their intervals, as a record's ``metrics.attacked``)."""
+    return dict(meta, source=source, metrics=metrics)
 
 
 def eval_sets(prof, spec: RunSpec) -> dict[str, tuple[str, list[dict]]]:
@@ -238,7 +269,7 @@ def preflight_data(r: Resolved) -> dict:
         if getattr(r.attack, "needs_store", False):  # donor-built responses: check their inputs now
             r.attack.preflight()
         else:
-            r.attack.build_data(r.spec.seed)
+            r.attack.build_data(attack_seed(r.attack, r.spec.seed))
         if r.attack.cfg.dataset in FA_FOR_DATASET:
             from . import data
             from .capability import FA_TASKS
@@ -400,7 +431,7 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
     metrics: dict[str, Any] = {"initial": evaluate_condition(store, defended, r, sets, log, progress, arts, "initial")}
     timings["evaluate_initial"] = time.time() - t0
 
-    attacked = None
+    attacked = trajectory = None
     if r.attack is not None:
         t0 = time.time()
         attacked, info["attack"], a = attack_stage(store, defended, r.attack, spec.template, spec.seed, spec.device,
@@ -411,6 +442,10 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
         t0 = time.time()
         metrics["attacked"] = evaluate_condition(store, attacked, r, sets, log, progress, arts, "attacked")
         timings["evaluate_attacked"] = time.time() - t0
+        if getattr(r.attack.cfg, "checkpoints", None):
+            t0 = time.time()
+            trajectory = _trajectory(store, a, info["attack"], r, sets, log, progress, arts, metrics)
+            timings["evaluate_trajectory"] = time.time() - t0
 
     # data provenance: fingerprints and disjointness of defense / attack / evaluation prompts
     groups = {f"eval:{k}": [x["prompt"] for x in rows] for k, (_, rows) in sets.items()}
@@ -424,7 +459,7 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
             rows = built[0] if isinstance(built, tuple) else built
             groups[f"defense:{d.registry_name}"] = [x["prompt"] for x in rows if x.get("kind") != "benign"]
     if r.attack is not None:
-        rows, _ = r.attack.build_data(spec.seed)
+        rows, _ = r.attack.build_data(attack_seed(r.attack, spec.seed))
         groups[f"attack:{r.attack.name}"] = [x["prompt"] for x in rows if x["kind"] == "harmful"]
         if r.attack.cfg.dataset in FA_FOR_DATASET:  # task training rows vs the task's evaluation split
             from .capability import FA_TASKS
@@ -459,6 +494,7 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
         "defense_info": _brief(info.get("defense")), "base_defense_info": _brief(info.get("base_defense")),
         "attack_info": _brief(info.get("attack")),
         "artifacts": arts,
+        **({"trajectory": trajectory} if trajectory is not None else {}),
         "timings_compute_s": _compute_times(info),
         "environment": provenance.environment(),
     }
@@ -478,6 +514,23 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
     saved = json.loads((rart.path / "record.json").read_text())
     saved["_wall_seconds_this_invocation"] = timings
     return saved, rart
+
+
+def _trajectory(store, art, ainfo: dict, r: Resolved, sets, log, progress: bool, arts: dict, metrics: dict) -> list:
+    """Evaluate each checkpoint the attack saved (the defended model is step 0, the attacked model the last step: both
+    evaluations are reused, not repeated); each evaluation's stages are keyed by the attack key + step."""
+    steps = ainfo.get("trajectory_steps") or {}
+    total = steps.get("total") or ainfo.get("steps")
+    points = [trajectory_point({"step": 0, "fraction": 0.0, "requested": [], "examples_seen": 0}, metrics["initial"],
+                               "initial")]
+    for meta, ref in checkpoint_refs(art, ainfo):
+        log(f"evaluate attack checkpoint: step {meta['step']}/{total}")
+        m = evaluate_condition(store, ref, r, sets, log, progress, arts, f"trajectory/step{meta['step']}")
+        points.append(trajectory_point(meta, m, "checkpoint"))
+    final = {"step": ainfo.get("steps"), "fraction": 1.0, "requested": steps.get("final_requested", []),
+             "examples_seen": ainfo.get("examples_seen")}
+    points.append(trajectory_point(final, metrics["attacked"], "final"))
+    return points
 
 
 def cell_key(r: Resolved) -> str:
@@ -671,6 +724,12 @@ def register_cli(sub, add_common) -> dict:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--attack-lora", action="store_true", default=None, help="LoRA attack")
     g.add_argument("--attack-full", action="store_true", default=None, help="full fine-tuning attack (default)")
+    p.add_argument("--trajectory", nargs="?", const=DEFAULT_TRAJECTORY, metavar="FRACTIONS",
+                   help="evaluate the model at these fractions of the attack's steps too, saved during the one attack "
+                        f"run (default {DEFAULT_TRAJECTORY}; same as --attack-opt checkpoints=[...])")
+    p.add_argument("--attacker-budget", metavar="NAME",
+                   help="run the attack as an attacker budget's sweep (small | paper | strong: lr × steps × warm-up × "
+                        "optimizer × LoRA/full × seeds, harness/budget.py) and report the capability-bounded worst case")
     p.add_argument("--n-harmful", type=int)
     p.add_argument("--n-benign", type=int)
     p.add_argument("--n-xstest", type=int)
@@ -680,6 +739,22 @@ def register_cli(sub, add_common) -> dict:
     p.add_argument("--out", help="also write the record JSON here")
     add_common(p)
     return {"run": cli_run}
+
+
+# the issue's example trajectory (issue 23: "after 10%, 25%, 50%, 100% of the steps")
+DEFAULT_TRAJECTORY = "0.1,0.25,0.5,1.0"
+
+
+def parse_fractions(text: str) -> list[float]:
+    """``0.1,0.25,0.5,1.0`` → [0.1, 0.25, 0.5, 1.0]; one clear error otherwise."""
+    try:
+        out = [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        out = []
+    if not out:
+        raise ConfigError(f"--trajectory {text!r}: give comma-separated fractions of the attack's steps in (0, 1], "
+                          f"e.g. --trajectory {DEFAULT_TRAJECTORY}.")
+    return out
 
 
 def spec_from_args(args) -> RunSpec:
@@ -705,6 +780,8 @@ def spec_from_args(args) -> RunSpec:
                       ("attack_steps", "max_steps")):
         if getattr(args, flag) is not None:
             ao[key] = getattr(args, flag)
+    if getattr(args, "trajectory", None):
+        ao["checkpoints"] = parse_fractions(args.trajectory)
     if args.attack_lora:
         ao["lora"] = True
     if args.attack_full:
@@ -727,12 +804,61 @@ def spec_from_args(args) -> RunSpec:
     return spec_from_mapping(d, where=args.config or "command line")
 
 
+def budget_specs(spec: RunSpec, name: str) -> list[RunSpec]:
+    """The cells of an attacker budget's sweep over the spec's attack (harness/budget.py), normalized and distinct."""
+    from . import budget
+    out, seen = [], set()
+    for opts in budget.expand_attack(name, spec.attack, dict(spec.attack_options), spec.profile, spec.seed,
+                                     where="command line"):
+        s = resolve(C.replace(spec, attack_options=opts)).spec
+        k = json.dumps(C.to_dict(s), sort_keys=True)
+        if k not in seen:
+            seen.add(k)
+            out.append(s)
+    return out
+
+
+def cli_run_budget(args, spec: RunSpec, store) -> int:
+    """``run --attacker-budget``: every configuration of the budget as a cell, then the capability-bounded worst case
+    over them (the report's ``attacker sweep`` group, leaderboards/aggregate.py) with its CI and configuration."""
+    from . import budget
+    from sdd_bench.leaderboards import aggregate as A
+    from sdd_bench.leaderboards.report import DEFAULT_CAPABILITY_BOUND, DEFAULT_HARM_THRESHOLD
+    specs = budget_specs(spec, args.attacker_budget)
+    print(budget.describe(args.attacker_budget, spec.profile, spec.attack))
+    loaded = []
+    for i, s in enumerate(specs, 1):
+        print(f"\n[{i}/{len(specs)}] attack {spec.attack} {s.attack_options}")
+        record, art = run_cell(s, store, progress=not args.quiet)
+        print(answer(record))
+        loaded.append(A.Loaded(record, str(art.path / "record.json")))
+    recs = [x.record for x in loaded]
+    res = A.Results(loaded, A.choose_harm_metric(recs), A.rejection_metric(recs), log=lambda *_: None)
+    th = A.Thresholds(DEFAULT_CAPABILITY_BOUND, DEFAULT_HARM_THRESHOLD)
+    rows = [r for r in A.worst_case_rows(res, th) if r["group"].startswith(A.BUDGET_GROUP)]
+    print()
+    for r in rows:
+        lo, hi = r["ub_worst_ci_lo"], r["ub_worst_ci_hi"]
+        ub = "none (no configuration keeps the capability bound)" if r["ub_worst"] is None else \
+            f"{r['ub_worst']:.3f} [{lo:.3f}, {hi:.3f}] at {r['ub_worst_cell']}"
+        print(f"{r['defense_label']}: {r['metric_label']} worst over {r['n_cells']} configurations "
+              f"{r['worst']:.3f} at {r['worst_cell']}; capability-bounded (≥ {th.capability_bound:g}) worst {ub}; "
+              f"verdict {r['breaks']}")
+    return 0
+
+
 def cli_run(args) -> int:
     from .store import Store
     spec = spec_from_args(args)
     resolve(spec)  # every option checked before the work dir is touched
+    if getattr(args, "attacker_budget", None):
+        from . import budget
+        budget.get(args.attacker_budget)
+        budget_specs(spec, args.attacker_budget)
     store = Store(args.workdir)
     store.check_writable()
+    if getattr(args, "attacker_budget", None):
+        return cli_run_budget(args, spec, store)
     t0 = time.time()
     record, art = run_cell(spec, store, progress=not args.quiet)
     reference = None

@@ -201,13 +201,58 @@ def steps_for(cfg: TrainConfig, n_examples: int) -> int:
     return cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * n_examples / cfg.batch_size)
 
 
+def checkpoint_steps(fractions: Sequence[float], total: int) -> dict[int, list[float]]:
+    """Optimizer step of each requested fraction of a run of ``total`` steps: ⌈fraction × total⌉ (at least 1), so a
+    checkpoint never comes before its fraction; step → the fractions that map to it (two may share a step)."""
+    out: dict[int, list[float]] = {}
+    for f in sorted(set(float(x) for x in fractions)):
+        out.setdefault(min(total, max(1, math.ceil(f * total - 1e-9))), []).append(f)
+    return out
+
+
+def _save_model_at(model, tok, path: Path, *, lora: bool, input_had_adapter: bool, ref, name: str, step: int):
+    """Save the weights of a run in progress as train_sft saves its final model (adapter when the final model is an
+    adapter, else a full checkpoint) without touching the training model: a LoRA run over a merged input is merged
+    in a deep copy."""
+    from .models import ModelRef
+    lineage = ref.lineage + (f"{name}@step{step}",)
+    if lora and not input_had_adapter:
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+        return ModelRef(name=f"{ref.name}+{name}@step{step}", path=ref.path, adapter=str(path), lineage=lineage)
+    if lora:
+        import copy
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return ModelRef(name=f"{ref.name}+{name}@step{step}", path=str(path), lineage=lineage)
+
+
+def _save_at_steps_callback(steps, save):
+    """A ``transformers.TrainerCallback`` calling ``save(step, model)`` after the optimizer steps in ``steps``: the
+    checkpoints of one run (an attack trajectory), not truncated re-runs (a cosine or linear schedule makes a
+    truncated run differ from a prefix of the full one)."""
+    from transformers import TrainerCallback
+
+    class SaveAtSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step in steps:
+                save(state.global_step, model)
+            return control
+
+    return SaveAtSteps()
+
+
 def train_sft(ref, pairs: Sequence[dict], cfg: TrainConfig, out_dir: Path, template: str, *, device: str = "auto",
               trainer_cls=None, trainer_kwargs: dict | None = None, extra_fields: Sequence[dict] | None = None,
-              progress: bool = True, name: str = "sft", model_and_tok=None):
+              progress: bool = True, name: str = "sft", model_and_tok=None, save_at_steps: Sequence[int] = ()):
     """Fine-tune ``ref`` on ``pairs`` and save into ``out_dir``; returns (ModelRef, info dict).
 
     ``trainer_cls`` — a ``transformers.Trainer`` subclass with a custom ``compute_loss``.
     ``extra_fields`` — per-example dicts merged into the tokenized rows (e.g. {"kind": 1}).
+    ``save_at_steps`` — optimizer steps (before the last) after which the model is also saved, under
+    ``out_dir/checkpoints/step-NNNNNN`` (a ``TrainerCallback`` during this one run); ``info["checkpoints"]`` lists
+    ``{"step", "ref"}`` (a ``ModelRef``) for each, in step order.
     """
     import torch
     from datasets import Dataset
@@ -238,6 +283,14 @@ def train_sft(ref, pairs: Sequence[dict], cfg: TrainConfig, out_dir: Path, templ
     tcls = trainer_cls or Trainer
     trainer = tcls(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tok.pad_token_id),
                    **(trainer_kwargs or {}))
+    saved: list[dict] = []
+    if save_at_steps:
+        def save(step, m):
+            path = out_dir / "checkpoints" / f"step-{step:06d}"
+            saved.append({"step": step, "ref": _save_model_at(m if m is not None else trainer.model, tok, path,
+                                                              lora=cfg.lora, input_had_adapter=input_had_adapter,
+                                                              ref=ref, name=name, step=step)})
+        trainer.add_callback(_save_at_steps_callback(set(int(s) for s in save_at_steps), save))
     t0 = time.time()
     trainer.train()
     dt = time.time() - t0
@@ -261,6 +314,8 @@ def train_sft(ref, pairs: Sequence[dict], cfg: TrainConfig, out_dir: Path, templ
             "response_tokens": n_tok, "template": template, "device": device, "activation_checkpointing": checkpointing,
             "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
             "log_history": trainer.state.log_history}
+    if save_at_steps:
+        info["checkpoints"] = sorted(saved, key=lambda c: c["step"])
     (out_dir / "train_info.json").write_text(json.dumps(info, indent=2, default=str))
     del trainer, model
     if device.startswith("cuda"):

@@ -136,7 +136,12 @@ def setting_of(record: dict) -> Setting:
         attack_dataset=acfg.get("dataset") if attacked else None, attack_n=acfg.get("n") if attacked else None,
         attack_lr=ares.get("lr") if attacked else None, attack_epochs=ares.get("epochs") if attacked else None,
         attack_lora=acfg.get("lora") if attacked else None,
-        attack_options=_options(spec.get("attack_options"), "") if attacked else "")
+        attack_options=_options({k: v for k, v in (spec.get("attack_options") or {}).items() if k not in EVAL_ONLY},
+                                "") if attacked else "")
+
+
+# attack options that add evaluations without changing the attacked model: not part of the setting
+EVAL_ONLY = ("checkpoints",)
 
 
 def seed_of(record: dict) -> int:
@@ -444,6 +449,7 @@ class Results:
         self._summaries: dict[tuple[Setting, str, str], Summary | None] = {}
         self.fa_task: dict[Setting, str] = {}
         self.kinds: dict[str, tuple[bool, tuple[float, float]]] = {}  # quantity -> (is a rate, range)
+        self.trajectory_points: dict[Setting, dict[int, dict]] = {}  # attacked setting -> step -> {fraction, …}
         for item in loaded:
             self._add(item.record)
             setting, seed = setting_of(item.record), seed_of(item.record)
@@ -474,6 +480,8 @@ class Results:
             if not m:
                 continue
             s = setting.defended if cond == "initial" else setting
+            if cond == "attacked":
+                self._add_trajectory(record, s, seed)
             if cond == "initial" and s not in self.defended:
                 self.defended.append(s)
             if cond == "attacked" and s not in self.attacked:
@@ -503,6 +511,34 @@ class Results:
                 ci = fa.get("ci95") or [None, None]
                 self._put(s, cond, "finetune_accuracy", seed, Obs(float(fa["value"]), ci[0], ci[1], fa.get("n")))
                 self.fa_task[s] = str(fa.get("task") or s.attack_dataset or "task")
+
+    def _add_trajectory(self, record: dict, setting: Setting, seed: int) -> None:
+        """An attack trajectory's points (record ``trajectory``) as conditions ``step:N`` of the attacked setting."""
+        for p in record.get("trajectory") or []:
+            m, step = p.get("metrics") or {}, int(p.get("step") or 0)
+            meta = self.trajectory_points.setdefault(setting, {}).setdefault(step, {})
+            meta.update(fraction=p.get("fraction"), examples_seen=p.get("examples_seen"), source=p.get("source"))
+            cond = f"step:{step}"
+            harmful = m.get("harmful") or {}
+            for metric in self.harm.metrics:
+                r = metric.read(harmful)
+                self._put(setting, cond, metric.key, seed, Obs(*r) if r else None)
+            if m.get("capability"):
+                self._put(setting, cond, CAP_NORM, seed, capability_mean(m["capability"], normalised=True))
+
+    def trajectory(self, setting: Setting, quantity: str) -> list[tuple[int, Summary]]:
+        """(attack step, seed summary) of a quantity along the setting's attack trajectory, in step order."""
+        out = []
+        for step in sorted(self.trajectory_points.get(setting, {})):
+            key = (setting, f"step:{step}", quantity)
+            if key not in self._summaries:
+                is_rate, bounds = self.kinds.get(quantity, (True, (0.0, 1.0)))
+                if quantity == CAP_NORM:
+                    is_rate, bounds = False, (-1.0, 1.0)
+                self._summaries[key] = summarize(self.obs.get(key, {}), is_rate, bounds)
+            if self._summaries[key] is not None:
+                out.append((step, self._summaries[key]))
+        return out
 
     def get(self, setting: Setting, quantity: str) -> Summary | None:
         """Seed summary of a quantity; ``setting.attack is None`` means the initial condition."""
@@ -604,7 +640,22 @@ def sweep_groups(res: Results) -> list[tuple[Setting, str, list[Setting]]]:
         for key, group in sweeps.items():
             if len({s.attack_lr for s in group}) > 1:
                 out.append((d, f"lr sweep: {key[0]}", sorted(group, key=lambda s: s.attack_lr or 0.0)))
+        # an attacker's sweep (harness/budget.py): one attack on its data, varied in more than its lr
+        budgets: dict[tuple, list[Setting]] = {}
+        for s in mine:
+            budgets.setdefault((s.attack, s.attack_dataset, s.attack_n), []).append(s)
+        for key, group in budgets.items():
+            if len({(s.attack_epochs, s.attack_lora, _without_lr(s.attack_options)) for s in group}) > 1:
+                out.append((d, f"{BUDGET_GROUP}: {key[0]}", sorted(group, key=Setting.sort_key)))
     return out
+
+
+# worst_case rows over an attacker's sweep of one attack (lr × steps × warm-up × optimizer × LoRA/full × seeds)
+BUDGET_GROUP = "attacker sweep"
+
+
+def _without_lr(options: str) -> str:
+    return ",".join(x for x in options.split(",") if not x.startswith("lr="))
 
 
 def _worst(res: Results, cells: list[Setting], metric: Metric) -> tuple[Setting, Summary] | None:
@@ -744,4 +795,19 @@ def heatmap_rows(res: Results) -> list[dict]:
             continue
         rows.append(dict(_defense_columns(s), attack=_cell_label(s), attack_kind=s.attack_kind, metric=metric.key,
                          mean=x.mean, ci_lo=x.ci_lo, ci_hi=x.ci_hi, n_items=x.n_items, n_seeds=x.n_seeds))
+    return rows
+
+
+def trajectory_rows(res: Results) -> list[dict]:
+    """One row per (attacked setting, attack step, quantity) of the attack trajectories: seed mean and 95% CI."""
+    metric = headline_metric(res)
+    rows = []
+    for s in sorted(res.trajectory_points, key=Setting.sort_key):
+        for q, label in ((metric.key, metric.label), (CAP_NORM, "capability: chance-normalised mean accuracy")):
+            for step, x in res.trajectory(s, q):
+                meta = res.trajectory_points[s][step]
+                rows.append(dict(_defense_columns(s), attack=_cell_label(s), attack_kind=s.attack_kind, step=step,
+                                 fraction=meta.get("fraction"), examples_seen=meta.get("examples_seen"),
+                                 point=meta.get("source"), quantity=q, quantity_label=label, mean=x.mean,
+                                 ci_lo=x.ci_lo, ci_hi=x.ci_hi, n_seeds=x.n_seeds, n_items=x.n_items))
     return rows

@@ -363,8 +363,41 @@ def heatmap(res: Results, out: Path) -> Path:
     return _save(fig, out)
 
 
+def trajectory(res: Results, out: Path) -> Path:
+    """Harmfulness and capability against the attack's optimizer step (attack trajectories, record ``trajectory``):
+    one panel row per (backbone, attack), one line per defense; step 0 is the defended model."""
+    from .aggregate import _cell_label, headline_metric
+    metric = headline_metric(res)
+    panels: dict[str, list[Setting]] = {}
+    for s in res.trajectory_points:
+        if len(res.trajectory(s, metric.key)) > 1:
+            panels.setdefault(f"{_cell_label(s)}, {short_model(s.model, s.profile)}", []).append(s)
+    if not panels:
+        raise Skip("no attack trajectory (run an attack with --trajectory or the attack option checkpoints)")
+    quantities = [(metric.key, metric), (CAP_NORM, CAPABILITY)]
+    fig, axes = _figure(ncols=2, nrows=len(panels), width=6.0, height=3.8)
+    for r, (title, cells) in enumerate(sorted(panels.items())):
+        for c, (qkey, m) in enumerate(quantities):
+            ax = axes[2 * r + c]
+            for s in sorted(cells, key=lambda x: x.defense_label):
+                pts = res.trajectory(s, qkey)
+                if not pts:
+                    continue
+                ax.errorbar([x for x, _ in pts], [sm.mean for _, sm in pts], yerr=_yerr([sm for _, sm in pts]),
+                            marker="o", capsize=3, color=color(s.defense_label), label=s.defense_label)
+            ax.set_title(title, fontsize="medium")
+            ax.set_xlabel("attack optimizer step (0: the defended model)")
+            ax.set_ylabel(_axis_label(m))
+            _rate_axis(ax, m)
+            if c == 1:
+                _legend_outside(ax)
+    fig.suptitle("Harmfulness and capability along the attack (trajectory checkpoints of one run)")
+    return _save(fig, out)
+
+
 FIGURES = {"fig2_harm_vs_n.png": harm_vs_n, "fig2_harm_vs_lr.png": harm_vs_lr, "fig3_sdd_reject.png": sdd_reject,
-           "fig4_backbones.png": backbones, "heatmap_defense_attack.png": heatmap}
+           "fig4_backbones.png": backbones, "heatmap_defense_attack.png": heatmap,
+           "attack_trajectory.png": trajectory}
 NEEDS_LOG = {"fig2_harm_vs_n.png", "fig2_harm_vs_lr.png"}
 
 

@@ -130,6 +130,7 @@ def measurement_count(record: dict) -> int:
             if isinstance(block, dict):
                 n += sum(isinstance(v, dict) and "value" in v for v in block.values())
                 n += len(block.get("tasks", {})) if isinstance(block.get("tasks"), dict) else 0
+    n += len(record.get("trajectory") or [])  # an attack's trajectory: the same cell with evaluations along the way
     return n
 
 

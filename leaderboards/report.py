@@ -462,6 +462,11 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
                      "finetune_accuracy.csv", "finetune_accuracy.md", "headline.csv", "headline.md"]
     report.files += ["long.csv", "table1.csv", "table1.md", "table2.csv", "table2.md", "worst_case.csv",
                      "worst_case.md"]
+    traj = A.trajectory_rows(res)
+    (out_dir / "trajectory.csv").unlink(missing_ok=True)
+    if traj:  # only where some record has an attack trajectory (the other outputs are unchanged without one)
+        _write_csv(out_dir / "trajectory.csv", traj, _columns(traj, ["model", "defense", "attack", "step"]))
+        report.files.append("trajectory.csv")
     if ref_rows is not None:
         _write_csv(out_dir / "reference.csv", ref_rows, _columns(ref_rows, ["paper", "table", "metric", "value"]))
         report.files.append("reference.csv")

@@ -419,7 +419,7 @@ def test_figures_written_and_skipped_when_data_absent(tmp_path):
     rep = build_report([str(write(tmp_path, bare, "bare"))], rep.out, echo=None)  # same dir: stale figures go
     assert [p.name for p in rep.out.glob("*.png")] == ["heatmap_defense_attack.png"]  # one attacked cell: drawn
     skipped = [line for line in rep.log if line.startswith("figure ")]
-    assert len(skipped) == 5 and all("skipped: " in line for line in skipped)
+    assert len(skipped) == 6 and all("skipped: " in line for line in skipped)  # + attack_trajectory.png
     assert set(json.loads((rep.out / "figures.json").read_text())["figures"]) == {"heatmap_defense_attack.png"}
     assert "no record has capability" in "\n".join(rep.log)
     assert "No capability measurements" in (rep.out / "table2.md").read_text()
