@@ -609,30 +609,31 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def harm_metric(record: dict) -> str | None:
-    """The harmfulness metric of a record: rubric HR if it ran, else the first classifier's harmful rate."""
-    keys = record["metrics"]["initial"].get("harmful", {})
-    for k in ("rubric:harmfulness_rate", *sorted(k for k in keys if k.endswith(":harmful_rate"))):
-        if k in keys:
-            return k
-    return None
+def harm_metric(record: dict):
+    """The harm rate a record is read by (a ``leaderboards.aggregate.Metric``, or None): the first that the record
+    carries in the one order of preference, ``leaderboards.aggregate.harm_metric_order`` (rubric HR, harm-clf,
+    other classifiers, keyword non-refusal), so the answer line and the report agree."""
+    from sdd_bench.leaderboards.aggregate import record_harm_metric
+    return record_harm_metric(record)
 
 
 def answer(record: dict, reference: dict | None = None) -> str:
     """The cell's one-line answer: harmfulness after the attack with this defense vs without, and capability."""
     m = record["metrics"]
-    hk = harm_metric(record)
+    metric = harm_metric(record)
     cell = record["cell"]
-    if hk is None:
+    if metric is None:
         return "answer: no harmfulness judge ran (add --judges harm-clf)"
+    hk = metric.key
 
     def fmt(cond):
-        x = cond["harmful"][hk]
-        return f"{x['value']:.0%} [{x['ci95'][0]:.0%}, {x['ci95'][1]:.0%}]"
+        v, lo, hi, _ = metric.read(cond.get("harmful") or {})
+        return f"{v:.0%} [{lo:.0%}, {hi:.0%}]"
     parts = [f"answer ({hk}): {cell['defense']} {fmt(m['initial'])} harmful before"]
     if "attacked" in m:
         parts.append(f"{fmt(m['attacked'])} after {cell['attack']}")
-        if reference is not None and "attacked" in reference["metrics"] and hk in reference["metrics"]["attacked"]["harmful"]:
+        if reference is not None and "attacked" in reference["metrics"] and \
+                metric.read(reference["metrics"]["attacked"].get("harmful") or {}) is not None:
             parts.append(f"vs {fmt(reference['metrics']['attacked'])} for the undefended {cell['model']} "
                          f"under the same attack")
     from sdd_bench.leaderboards.aggregate import capability_mean

@@ -234,8 +234,44 @@ KEYWORD_HARM = Metric("keyword:non_refusal_rate", "keyword non-refusal rate (1 �
                       derived_from="refusal_rate")
 REFUSAL = Metric("refusal_rate", "refusal rate (keyword)", "higher-safer", True)
 EXPLICIT_REJECTION = Metric("rubric:explicit_rejection_rate", "explicit-rejection rate (rubric)", "higher-safer", True)
-AUTO_ORDER = ((HS, HR), (HARM_CLF,), (KEYWORD_HARM,))
+CLASSIFIER_RATE = ":harmful_rate"  # a classifier judge's harmful rate (``<judge>:harmful_rate``)
 ALIASES = {"rubric": (HS, HR), "keyword": (KEYWORD_HARM,), KEYWORD_HARM.key: (KEYWORD_HARM,)}
+
+
+def harm_metric_order(keys: Iterable[str]) -> list[tuple[Metric, ...]]:
+    """The harmfulness metrics among a harmful block's ``keys``, in the one order of preference used everywhere
+    (the report's Table 1 and headline, ``regress``, and the one-line answer of ``sdd-bench run``):
+
+    1. the rubric judge, HS and HR (Qi et al. 2023's rubric, the papers' metric);
+    2. harm-clf's harmful rate (the local CPU classifier, ``run``'s default judge);
+    3. any other classifier's harmful rate, ``<judge>:harmful_rate``, alphabetically;
+    4. keyword non-refusal, 1 − keyword refusal rate (every record has the refusal rate: a proxy, not a judge).
+
+    Each entry is a group: its first metric is the primary one; a rate is taken with :func:`rate_of`.
+    """
+    keys = set(keys)
+    out: list[tuple[Metric, ...]] = []
+    if HS.key in keys or HR.key in keys:
+        out.append((HS, HR) if HS.key in keys else (HR,))
+    if HARM_CLF.key in keys:
+        out.append((HARM_CLF,))
+    out += [(Metric(k, f"{k.split(':', 1)[0]} harmful rate", "lower-safer", True),)
+            for k in sorted(keys) if k.endswith(CLASSIFIER_RATE) and k != HARM_CLF.key]
+    if KEYWORD_HARM.derived_from in keys:
+        out.append((KEYWORD_HARM,))
+    return out
+
+
+def rate_of(group: tuple[Metric, ...]) -> Metric:
+    """The group's harm *rate* (HR for the rubric, whose HS is a 1–5 mean), else its primary metric."""
+    return next((m for m in group if m.is_rate), group[0])
+
+
+def record_harm_metric(record: dict) -> Metric | None:
+    """The harm rate one record is read by (``sdd-bench run``'s answer line): the first of
+    :func:`harm_metric_order` that every condition of the record carries; None if none does."""
+    group, _ = _first_common([record])
+    return rate_of(group) if group else None
 
 
 @dataclass(frozen=True)
@@ -276,22 +312,32 @@ def choose_harm_metric(records: list[dict], name: str | None = None) -> HarmChoi
                 raise UnknownMetricError(f"--harm-metric {name!r} is {direction or 'of unknown direction'}, not a "
                                          f"harmfulness metric (lower-safer); available: "
                                          f"{', '.join(available_harm_metrics(records))}.")
-            known = {m.key: m for group in AUTO_ORDER for m in group}
+            known = {m.key: m for group in harm_metric_order([name, HS.key]) for m in group}
             metrics = (known.get(name) or Metric(name, name, "lower-safer", _looks_like_rate(found)),)
         have = sum(_has(r, metrics[0]) for r in records)
         return HarmChoice(metrics, f"{metrics[0].label}: chosen with --harm-metric ({have} of {len(records)} "
                                    f"records carry it)")
+    group, partial = _first_common(records)
+    if group is None:
+        raise ReportError("no record has a keyword refusal rate on harmful prompts; these are not sdd-bench run "
+                          "records.")
+    why = f"{group[0].label}: the first of rubric HS, harm-clf, other classifiers, keyword that every record carries"
+    if partial:
+        why += f" ({'; '.join(partial)}: not used, so that one judge scores every cell)"
+    return HarmChoice(group, why)
+
+
+def _first_common(records: list[dict]) -> tuple[tuple[Metric, ...] | None, list[str]]:
+    """The first group of :func:`harm_metric_order` that every record carries, and what was passed over."""
+    keys = {k for r in records for b in _harmful_blocks(r) for k in b}
     partial = []
-    for group in AUTO_ORDER:
+    for group in harm_metric_order(keys):
         have = sum(_has(r, group[0]) for r in records)
-        if have == len(records):
-            why = f"{group[0].label}: the first of rubric HS, harm-clf, keyword that every record carries"
-            if partial:
-                why += f" ({'; '.join(partial)}: not used, so that one judge scores every cell)"
-            return HarmChoice(group, why)
+        if records and have == len(records):
+            return group, partial
         if have:
             partial.append(f"{group[0].label} in {have} of {len(records)} records")
-    raise ReportError("no record has a keyword refusal rate on harmful prompts; these are not sdd-bench run records.")
+    return None, partial
 
 
 def _looks_like_rate(aggs: list[dict]) -> bool:
