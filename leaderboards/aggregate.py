@@ -558,8 +558,37 @@ class Results:
             is_rate, bounds = self.kinds.get(quantity, (True, (0.0, 1.0)))
             if quantity in ("capability_mean", CAP_NORM):  # a mean over tasks: not one binomial rate
                 is_rate, bounds = False, ((-1.0, 1.0) if quantity == CAP_NORM else (0.0, 1.0))
-            self._summaries[key] = summarize(self.obs.get(key, {}), is_rate, bounds)
+                self._summaries[key] = self._task_mean(setting, cond, quantity == CAP_NORM, bounds) or \
+                    summarize(self.obs.get(key, {}), is_rate, bounds)
+            else:
+                self._summaries[key] = summarize(self.obs.get(key, {}), is_rate, bounds)
         return self._summaries[key]
+
+    def _task_mean(self, setting: Setting, cond: str, normalised: bool, bounds: tuple[float, float]) -> Summary | None:
+        """The mean over capability tasks from each task's own seed summary (Wilson / bootstrap over seeds and
+        items), the tasks combined as independent, one tail at a time: with one task it *is* that task's interval
+        (a symmetric ±z·se around 0% would be far narrower than Wilson's).  None when the seeds do not all have
+        every task or a task has no interval (then the per-seed means are summarized instead)."""
+        per_seed = self.obs.get((setting, cond, "capability_mean"), {})
+        tasks = [t for t in self.capability_tasks if (setting, cond, f"capability:{t}") in self.obs]
+        if not per_seed or not tasks or \
+                any(set(self.obs[(setting, cond, f"capability:{t}")]) != set(per_seed) for t in tasks):
+            return None
+        parts = []
+        for t in tasks:
+            x = self.get(setting, f"capability:{t}")
+            if x is None or x.ci_lo is None or x.ci_hi is None:
+                return None
+            c = CHANCE.get(t, 0.0) if normalised else 0.0
+            parts.append(tuple((v - c) / (1 - c) for v in (x.mean, x.ci_lo, x.ci_hi)) + (x.n_items,))
+        k = len(parts)
+        mean = fmean(p[0] for p in parts)
+        lo = mean - math.sqrt(sum((p[0] - p[1]) ** 2 for p in parts)) / k
+        hi = mean + math.sqrt(sum((p[2] - p[0]) ** 2 for p in parts)) / k
+        n = sum(p[3] or 0 for p in parts) or None
+        seeds = tuple(sorted(per_seed))
+        return Summary(mean, max(bounds[0], lo), min(bounds[1], hi), len(seeds), seeds,
+                       f"mean of {k} task interval(s), tasks independent", n)
 
     @property
     def has_capability(self) -> bool:

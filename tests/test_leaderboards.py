@@ -322,7 +322,8 @@ def test_paper_shaped_tables(tmp_path):
     assert next(r for r in read_csv(rep.out / "headline.csv") if r["defense"] == "none")["n_attacks"] == "3"
     t1 = (rep.out / "table1_paper.md").read_text()
     header = next(line for line in t1.splitlines() if line.startswith("| defense |"))
-    assert header.split(" | ")[1:4] == ["Initial", "advbench-10 (MFT, lr=5e-05)", "advbench-100 (MFT, lr=5e-05)"]
+    assert header.split(" | ")[1:4] == ["Initial", "advbench-10 (10-shot)", "advbench-100 (100-shot)"]
+    assert "Every attack at lr=5e-05." in t1  # one lr: said once, not in every column
     assert "sst2" not in t1  # benign fine-tuning is not a Table 1 column
     sdd = next(line for line in t1.splitlines() if line.startswith("| sdd |"))
     cells = [c.strip() for c in sdd.strip("|").split("|")]
@@ -584,4 +585,5 @@ def test_report_page_intervals_colours_heatmap_headline_in_chromium(tmp_path):
     assert "full size</a>" in dom and "/models/" not in (rep.out / "table1_paper.md").read_text()
     t1 = (rep.out / "table1_paper.md").read_text()
     header = next(line for line in t1.splitlines() if line.startswith("| defense |"))
-    assert header.count("advbench-100 (MFT, lr=5e-05)") == 1 and header.count("lr=") == 4
+    assert header.count("advbench-100 (100-shot, lr=5e-05)") == 1 and header.count("lr=") == 4
+
