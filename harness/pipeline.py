@@ -230,20 +230,28 @@ def eval_sets(prof, spec: RunSpec) -> dict[str, tuple[str, list[dict]]]:
 
 def preflight_data(r: Resolved) -> dict:
     """Load (and so checksum) every dataset the cell will touch before any work; returns the eval sets."""
+    return preflight(r)[0]
+
+
+def preflight(r: Resolved) -> tuple[dict, dict]:
+    """``preflight_data``, also returning the defense and attack data it built (role → ``build_data``'s result:
+    ``defense``, ``base_defense``, ``attack``), so the record's provenance reuses them instead of building them
+    again.  An attack on donor-built responses is only checked here (its data needs the store): it has no entry."""
     sets = eval_sets(r.profile, r.spec)
-    for d in (r.base_defense, r.defense):
+    built: dict[str, Any] = {}
+    for role, d in (("base_defense", r.base_defense), ("defense", r.defense)):
         if d is not None and not getattr(d, "identity", False) and hasattr(d, "build_data"):
-            d.build_data(r.spec.seed)
+            built[role] = d.build_data(r.spec.seed)
     if r.attack is not None:
         if getattr(r.attack, "needs_store", False):  # donor-built responses: check their inputs now
             r.attack.preflight()
         else:
-            r.attack.build_data(r.spec.seed)
+            built["attack"] = r.attack.build_data(r.spec.seed)
         if r.attack.cfg.dataset in FA_FOR_DATASET:
             from . import data
             from .capability import FA_TASKS
             data.load(FA_TASKS[FA_FOR_DATASET[r.attack.cfg.dataset]].dataset)
-    return sets
+    return sets, built
 
 
 MOSTLY_INVALID = 0.5  # a harmfulness judge with more invalid verdicts than this fails the cell
@@ -374,7 +382,7 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
 
     r = resolve(spec)
     spec = r.spec  # normalized: options at their defaults are not part of the cell
-    sets = preflight_data(r)  # bad data fails here, before any training
+    sets, built = preflight(r)  # bad data fails here, before any training; the data is reused below
     timings: dict[str, float] = {}
     t_all = time.time()
     t0 = time.time()
@@ -418,13 +426,13 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
     if aligned is not None:  # an aligned base's refusal-SFT prompts are defense data too
         groups[f"model:{r.model}"] = [x["prompt"] for x in aligned if x.get("kind") != "benign"]
     fps = {}
-    for d in (r.defense, r.base_defense):
-        if d is not None and not getattr(d, "identity", False) and hasattr(d, "build_data"):
-            built = d.build_data(spec.seed)
-            rows = built[0] if isinstance(built, tuple) else built
+    for role, d in (("defense", r.defense), ("base_defense", r.base_defense)):
+        if role in built:
+            rows = built[role][0] if isinstance(built[role], tuple) else built[role]
             groups[f"defense:{d.registry_name}"] = [x["prompt"] for x in rows if x.get("kind") != "benign"]
     if r.attack is not None:
-        rows, _ = r.attack.build_data(spec.seed)
+        # built once in preflight; donor-built responses only now (attack_stage prepared them from the store)
+        rows, _ = built["attack"] if "attack" in built else r.attack.build_data(spec.seed)
         groups[f"attack:{r.attack.name}"] = [x["prompt"] for x in rows if x["kind"] == "harmful"]
         if r.attack.cfg.dataset in FA_FOR_DATASET:  # task training rows vs the task's evaluation split
             from .capability import FA_TASKS
