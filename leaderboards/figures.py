@@ -203,7 +203,8 @@ def _bars(ax, res: Results, metric: Metric, groups: list[str], bars: dict[str, l
                 xs.append(j + (i - (len(bars) - 1) / 2) * width)
                 summ.append(sm)
         if xs:
-            ax.bar(xs, [sm.mean for sm in summ], width, yerr=_yerr(summ), capsize=2, label=name, color=color(name))
+            c = color(name)  # error bars in the defense's colour too: a bar at 0 is only its error bar
+            ax.bar(xs, [sm.mean for sm in summ], width, yerr=_yerr(summ), capsize=2, label=name, color=c, ecolor=c)
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right", fontsize="small")
     ax.set_ylabel(_axis_label(metric))
     _rate_axis(ax, metric)

@@ -315,7 +315,7 @@ def table2_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
     """Capability pivot: Vanilla / +defense / +BFT / +MFT per task and their mean; Δ vs Vanilla in %."""
     lines = ["# Table 2: capability, Vanilla / +defense / +BFT / +MFT (paper shape)", "",
              "Accuracy (%) per lm-eval task and the mean over tasks; Δ: relative change vs Vanilla (the undefended "
-             "model before any attack), in %. +BFT / +MFT: the defended model after benign / malicious fine-tuning "
+             "model before any attack), in %; no Δ where Vanilla is 0 (a relative change is undefined). +BFT / +MFT: the defended model after benign / malicious fine-tuning "
              f"(the attack of that kind with the lowest accuracy). '{DASH}': not measured.", ""]
     rows, html_rows = [], []
     quantities = [(f"capability:{t}", t) for t in res.capability_tasks] + [("capability_mean", "mean")]
