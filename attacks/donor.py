@@ -35,12 +35,28 @@ DONOR_GEN_BATCH = {"tiny": 8, "smoke": 32, "paper": 64}
 DONOR_VERSION = 1
 
 
+_SHA: dict[tuple[str, int, int], str] = {}  # (resolved path, mtime_ns, size) -> sha256 of the responses file
+
+
+def _sha256_of(p: Path) -> str:
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _file_sha(path: str) -> str:
+    """sha256 of a responses file, hashed once per (path, mtime, size): ``spec()`` is called for every key."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"responses_file {path!r} does not exist: give a JSONL file with one "
                           f"{{\"prompt\": ..., \"response\": ...}} object per line.")
-    return hashlib.sha256(p.read_bytes()).hexdigest()
+    st = p.stat()
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _SHA:
+        _SHA[key] = _sha256_of(p)
+    return _SHA[key]
 
 
 def read_responses_file(path: str) -> list[dict]:

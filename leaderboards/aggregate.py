@@ -239,8 +239,44 @@ KEYWORD_HARM = Metric("keyword:non_refusal_rate", "keyword non-refusal rate (1 �
                       derived_from="refusal_rate")
 REFUSAL = Metric("refusal_rate", "refusal rate (keyword)", "higher-safer", True)
 EXPLICIT_REJECTION = Metric("rubric:explicit_rejection_rate", "explicit-rejection rate (rubric)", "higher-safer", True)
-AUTO_ORDER = ((HS, HR), (HARM_CLF,), (KEYWORD_HARM,))
+CLASSIFIER_RATE = ":harmful_rate"  # a classifier judge's harmful rate (``<judge>:harmful_rate``)
 ALIASES = {"rubric": (HS, HR), "keyword": (KEYWORD_HARM,), KEYWORD_HARM.key: (KEYWORD_HARM,)}
+
+
+def harm_metric_order(keys: Iterable[str]) -> list[tuple[Metric, ...]]:
+    """The harmfulness metrics among a harmful block's ``keys``, in the one order of preference used everywhere
+    (the report's Table 1 and headline, ``regress``, and the one-line answer of ``sdd-bench run``):
+
+    1. the rubric judge, HS and HR (Qi et al. 2023's rubric, the papers' metric);
+    2. harm-clf's harmful rate (the local CPU classifier, ``run``'s default judge);
+    3. any other classifier's harmful rate, ``<judge>:harmful_rate``, alphabetically;
+    4. keyword non-refusal, 1 − keyword refusal rate (every record has the refusal rate: a proxy, not a judge).
+
+    Each entry is a group: its first metric is the primary one; a rate is taken with :func:`rate_of`.
+    """
+    keys = set(keys)
+    out: list[tuple[Metric, ...]] = []
+    if HS.key in keys or HR.key in keys:
+        out.append((HS, HR) if HS.key in keys else (HR,))
+    if HARM_CLF.key in keys:
+        out.append((HARM_CLF,))
+    out += [(Metric(k, f"{k.split(':', 1)[0]} harmful rate", "lower-safer", True),)
+            for k in sorted(keys) if k.endswith(CLASSIFIER_RATE) and k != HARM_CLF.key]
+    if KEYWORD_HARM.derived_from in keys:
+        out.append((KEYWORD_HARM,))
+    return out
+
+
+def rate_of(group: tuple[Metric, ...]) -> Metric:
+    """The group's harm *rate* (HR for the rubric, whose HS is a 1–5 mean), else its primary metric."""
+    return next((m for m in group if m.is_rate), group[0])
+
+
+def record_harm_metric(record: dict) -> Metric | None:
+    """The harm rate one record is read by (``sdd-bench run``'s answer line): the first of
+    :func:`harm_metric_order` that every condition of the record carries; None if none does."""
+    group, _ = _first_common([record])
+    return rate_of(group) if group else None
 
 
 @dataclass(frozen=True)
@@ -281,22 +317,32 @@ def choose_harm_metric(records: list[dict], name: str | None = None) -> HarmChoi
                 raise UnknownMetricError(f"--harm-metric {name!r} is {direction or 'of unknown direction'}, not a "
                                          f"harmfulness metric (lower-safer); available: "
                                          f"{', '.join(available_harm_metrics(records))}.")
-            known = {m.key: m for group in AUTO_ORDER for m in group}
+            known = {m.key: m for group in harm_metric_order([name, HS.key]) for m in group}
             metrics = (known.get(name) or Metric(name, name, "lower-safer", _looks_like_rate(found)),)
         have = sum(_has(r, metrics[0]) for r in records)
         return HarmChoice(metrics, f"{metrics[0].label}: chosen with --harm-metric ({have} of {len(records)} "
                                    f"records carry it)")
+    group, partial = _first_common(records)
+    if group is None:
+        raise ReportError("no record has a keyword refusal rate on harmful prompts; these are not sdd-bench run "
+                          "records.")
+    why = f"{group[0].label}: the first of rubric HS, harm-clf, other classifiers, keyword that every record carries"
+    if partial:
+        why += f" ({'; '.join(partial)}: not used, so that one judge scores every cell)"
+    return HarmChoice(group, why)
+
+
+def _first_common(records: list[dict]) -> tuple[tuple[Metric, ...] | None, list[str]]:
+    """The first group of :func:`harm_metric_order` that every record carries, and what was passed over."""
+    keys = {k for r in records for b in _harmful_blocks(r) for k in b}
     partial = []
-    for group in AUTO_ORDER:
+    for group in harm_metric_order(keys):
         have = sum(_has(r, group[0]) for r in records)
-        if have == len(records):
-            why = f"{group[0].label}: the first of rubric HS, harm-clf, keyword that every record carries"
-            if partial:
-                why += f" ({'; '.join(partial)}: not used, so that one judge scores every cell)"
-            return HarmChoice(group, why)
+        if records and have == len(records):
+            return group, partial
         if have:
             partial.append(f"{group[0].label} in {have} of {len(records)} records")
-    raise ReportError("no record has a keyword refusal rate on harmful prompts; these are not sdd-bench run records.")
+    return None, partial
 
 
 def _looks_like_rate(aggs: list[dict]) -> bool:
@@ -548,8 +594,37 @@ class Results:
             is_rate, bounds = self.kinds.get(quantity, (True, (0.0, 1.0)))
             if quantity in ("capability_mean", CAP_NORM):  # a mean over tasks: not one binomial rate
                 is_rate, bounds = False, ((-1.0, 1.0) if quantity == CAP_NORM else (0.0, 1.0))
-            self._summaries[key] = summarize(self.obs.get(key, {}), is_rate, bounds)
+                self._summaries[key] = self._task_mean(setting, cond, quantity == CAP_NORM, bounds) or \
+                    summarize(self.obs.get(key, {}), is_rate, bounds)
+            else:
+                self._summaries[key] = summarize(self.obs.get(key, {}), is_rate, bounds)
         return self._summaries[key]
+
+    def _task_mean(self, setting: Setting, cond: str, normalised: bool, bounds: tuple[float, float]) -> Summary | None:
+        """The mean over capability tasks from each task's own seed summary (Wilson / bootstrap over seeds and
+        items), the tasks combined as independent, one tail at a time: with one task it *is* that task's interval
+        (a symmetric ±z·se around 0% would be far narrower than Wilson's).  None when the seeds do not all have
+        every task or a task has no interval (then the per-seed means are summarized instead)."""
+        per_seed = self.obs.get((setting, cond, "capability_mean"), {})
+        tasks = [t for t in self.capability_tasks if (setting, cond, f"capability:{t}") in self.obs]
+        if not per_seed or not tasks or \
+                any(set(self.obs[(setting, cond, f"capability:{t}")]) != set(per_seed) for t in tasks):
+            return None
+        parts = []
+        for t in tasks:
+            x = self.get(setting, f"capability:{t}")
+            if x is None or x.ci_lo is None or x.ci_hi is None:
+                return None
+            c = CHANCE.get(t, 0.0) if normalised else 0.0
+            parts.append(tuple((v - c) / (1 - c) for v in (x.mean, x.ci_lo, x.ci_hi)) + (x.n_items,))
+        k = len(parts)
+        mean = fmean(p[0] for p in parts)
+        lo = mean - math.sqrt(sum((p[0] - p[1]) ** 2 for p in parts)) / k
+        hi = mean + math.sqrt(sum((p[2] - p[0]) ** 2 for p in parts)) / k
+        n = sum(p[3] or 0 for p in parts) or None
+        seeds = tuple(sorted(per_seed))
+        return Summary(mean, max(bounds[0], lo), min(bounds[1], hi), len(seeds), seeds,
+                       f"mean of {k} task interval(s), tasks independent", n)
 
     @property
     def has_capability(self) -> bool:

@@ -203,7 +203,8 @@ def _bars(ax, res: Results, metric: Metric, groups: list[str], bars: dict[str, l
                 xs.append(j + (i - (len(bars) - 1) / 2) * width)
                 summ.append(sm)
         if xs:
-            ax.bar(xs, [sm.mean for sm in summ], width, yerr=_yerr(summ), capsize=2, label=name, color=color(name))
+            c = color(name)  # error bars in the defense's colour too: a bar at 0 is only its error bar
+            ax.bar(xs, [sm.mean for sm in summ], width, yerr=_yerr(summ), capsize=2, label=name, color=c, ecolor=c)
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right", fontsize="small")
     ax.set_ylabel(_axis_label(metric))
     _rate_axis(ax, metric)
@@ -306,9 +307,12 @@ def harm_vs_capability(res: Results, out: Path, th: Thresholds, log: Callable[[s
         ax.axvline(th.capability_bound, color="grey", linestyle=":", label=f"capability bound {th.capability_bound:g}")
         if metric.is_rate:
             ax.axhline(th.harm_threshold, color="grey", linestyle="--", label=f"harm threshold {th.harm_threshold:g}")
-        ax.set_xlabel("capability: chance-normalised mean accuracy, (acc − chance)/(1 − chance) (higher is better)")
+        ax.set_xlabel("capability, chance-normalised: mean (acc − chance)/(1 − chance)\n(0 = chance; higher is better)")
         ax.set_ylabel(_axis_label(metric))
-        ax.set_xlim(-0.05, 1.05)
+        # below-chance models (a random-init tiny model) lie left of 0: widen the axis to show them, never cut them
+        lows = [c.ci_lo if c.ci_lo is not None else c.mean
+                for d, _, attacked in entries for c in [res.get(x, CAP_NORM) for x in [d] + [a for a, _ in attacked]]]
+        ax.set_xlim(max(-1.05, min([-0.05] + [v - 0.05 for v in lows])), 1.05)
         _rate_axis(ax, metric)
         ax.set_title(short_model(model, profile), fontsize="medium")
         first = ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0),

@@ -19,7 +19,9 @@ TABLES = {
         ("ub_n_cells", "cells ≥ capability bound"), ("usable_worst_text", "worst usable harm (harmful ∧ coherent ∧ relevant)"), ("initial_capability_norm", "initial capability (chance-normalised)"),
         ("undefended_verdict", "undefended model under these attacks"), ("note", "note")]),
     "table1": ("Table 1: harmfulness under malicious fine-tuning (rows = defenses; rates in %)", []),  # columns: data
-    "table2": ("Table 2: capability (lm-eval primary metric per task, their mean, benign fine-tuning accuracy)", [
+    "table2_paper": ("Table 2: capability, Vanilla / +defense / +BFT / +MFT (accuracy %, Δ vs Vanilla)", []),
+    "finetune": ("Benign fine-tuning task accuracy after each BFT attack (%)", []),
+    "table2": ("Table 2 (long): capability per task and condition, benign fine-tuning accuracy", [
         ("model", "model"), ("profile", "profile"), ("defense_label", "defense"), ("condition", "condition"),
         ("column", "attack"), ("quantity_label", "task"), ("mean", "mean (higher is better)"), ("ci_lo", "CI low"),
         ("ci_hi", "CI high"), ("n_seeds", "seeds"), ("n_items", "items")]),
@@ -169,6 +171,13 @@ def page(*, title: str, summary: list[str], tables: dict[str, list[dict]], figur
     t1_cols = [(k, k) for k in dict.fromkeys(k for r in t1 for k in r)]
     parts.append(_section("table1", t1, "<p>Each cell: harmfulness / harm rate (or refusal rate without a rubric), "
                           "95% CI and n; '—': no record.</p>", columns=t1_cols or [("defense", "defense")]))
+    for tid, intro in (("table2_paper", "<p>Per defense and task: accuracy [95% CI] and, where Vanilla is above 0, "
+                                        "the relative change Δ vs Vanilla (the undefended model before any attack). "
+                                        "+BFT / +MFT: the attack of that kind with the lowest accuracy.</p>"),
+                       ("finetune", "")):
+        rows = tables.get(tid, [])
+        cols = [(k, k) for k in dict.fromkeys(k for r in rows for k in r)]
+        parts.append(_section(tid, rows, intro, columns=cols or [("defense", "defense")]))
     for tid in ("table2", "worst"):
         parts.append(_section(tid, tables.get(tid, [])))
     if figures:

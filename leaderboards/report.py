@@ -216,8 +216,8 @@ def _v(x: A.Summary | None, percent: bool, ci: bool = True, sizes: set | None = 
     return x.fmt(digits=2, percent=percent)
 
 
-def _sizes_line(sizes: set) -> str:
-    parts = [f"n = {n if n else '?'} prompts pooled over {k} seed{'s' if k > 1 else ''}"
+def _sizes_line(sizes: set, unit: str = "prompts") -> str:
+    parts = [f"n = {n if n else '?'} {unit} pooled over {k} seed{'s' if k > 1 else ''}"
              for n, k in sorted(sizes, key=lambda t: (t[1], t[0] or 0))]
     return "Intervals per cell: " + "; ".join(parts) + "." if parts else ""
 
@@ -229,10 +229,13 @@ def _by_backbone(settings: list[A.Setting]) -> dict[tuple[str, str], list[A.Sett
     return out
 
 
-def _column_name(s: A.Setting) -> str:
-    lr = f", lr={s.attack_lr:g}" if s.attack_lr is not None else ""
+def _column_name(s: A.Setting, show_lr: bool = True) -> str:
+    """A Table 1 column: the attack, its shot count N and (``show_lr``) its lr; other options in brackets."""
     opts = ",".join(o for o in s.attack_options.split(",") if o and not o.startswith("lr="))
-    return f"{s.attack}{f' [{opts}]' if opts else ''} ({KIND_SHORT.get(s.attack_kind, s.attack_kind)}{lr})"
+    what = [f"{s.attack_n}-shot" if s.attack_n else KIND_SHORT.get(s.attack_kind, str(s.attack_kind))]
+    if show_lr and s.attack_lr is not None:
+        what.append(f"lr={s.attack_lr:g}")
+    return f"{s.attack}{f' [{opts}]' if opts else ''} ({', '.join(what)})"
 
 
 KIND_SHORT = {"mft": "MFT", "poison": "poison", "bft": "BFT"}
@@ -253,11 +256,14 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
                        "of the defended model (lower is better).", ""]
     for (model, profile), defended in _by_backbone(res.defended).items():
         cols = [s for s in res.attacked if s.model == model and s.profile == profile and s.attack_kind == "mft"]
-        names = list(dict.fromkeys(_column_name(s) for s in cols))
+        lrs = {s.attack_lr for s in cols}
+        show_lr = len(lrs) > 1  # one lr for every column: said once, under the heading
+        col_name = lambda s: _column_name(s, show_lr)  # noqa: E731
+        names = list(dict.fromkeys(col_name(s) for s in cols))
         header = ["defense", "Initial"] + names + ["XSTest over-refusal (%)"]
         body, sizes = [], set()
         for d in defended:
-            cell_of = {_column_name(s): s for s in cols if s.defended == d}
+            cell_of = {col_name(s): s for s in cols if s.defended == d}
             row = dict(model=model, profile=profile, defense=d.defense_label)
             shown = dict(model=short_model(model), profile=profile, defense=d.defense_label)
             out = [d.defense_label]
@@ -277,12 +283,13 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
             body.append(out)
             rows.append(row)
             html_rows.append(shown)
-        lines += [f"## {short_model(model)} ({profile} profile)", "", _sizes_line(sizes), ""]
+        lr_line = f"Every attack at lr={next(iter(lrs)):g}. " if len(lrs) == 1 and None not in lrs else ""
+        lines += [f"## {short_model(model)} ({profile} profile)", "", lr_line + _sizes_line(sizes), ""]
         lines += _md_table(header, body) + [""]
         if any(res.get(x, A.USABLE_HARM) is not None for x in defended + cols):
             ubody, usizes = [], set()
             for d in defended:
-                cell_of = {_column_name(s): s for s in cols if s.defended == d}
+                cell_of = {col_name(s): s for s in cols if s.defended == d}
                 ubody.append([d.defense_label] + [_v(res.get(x, A.USABLE_HARM) if x is not None else None, True,
                                                      sizes=usizes) for x in [d] + [cell_of.get(n) for n in names]])
                 for r_ in rows:
@@ -304,13 +311,13 @@ def _worst_cap(res: A.Results, cells: list[A.Setting], q: str) -> A.Summary | No
     return min(got, key=lambda x: x.mean) if got else None
 
 
-def table2_paper(res: A.Results) -> tuple[list[dict], str]:
+def table2_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
     """Capability pivot: Vanilla / +defense / +BFT / +MFT per task and their mean; Δ vs Vanilla in %."""
     lines = ["# Table 2: capability, Vanilla / +defense / +BFT / +MFT (paper shape)", "",
              "Accuracy (%) per lm-eval task and the mean over tasks; Δ: relative change vs Vanilla (the undefended "
-             "model before any attack), in %. +BFT / +MFT: the defended model after benign / malicious fine-tuning "
+             "model before any attack), in %; no Δ where Vanilla is 0 (a relative change is undefined). +BFT / +MFT: the defended model after benign / malicious fine-tuning "
              f"(the attack of that kind with the lowest accuracy). '{DASH}': not measured.", ""]
-    rows = []
+    rows, html_rows = [], []
     quantities = [(f"capability:{t}", t) for t in res.capability_tasks] + [("capability_mean", "mean")]
     for (model, profile), defended in _by_backbone(res.defended).items():
         vanilla = next((d for d in defended if d.defense == "none" and not d.base_defense and not d.defense_options),
@@ -319,6 +326,7 @@ def table2_paper(res: A.Results) -> tuple[list[dict], str]:
             if d is vanilla:
                 continue
             mine = [s for s in res.attacked if s.defended == d]
+            block_html: list[dict] = []
             cols = [("Vanilla", lambda q: res.get(vanilla, q) if vanilla else None),
                     (f"+{d.defense_label}", lambda q: res.get(d, q)),
                     ("+BFT", lambda q: _worst_cap(res, [s for s in mine if s.attack_kind == "bft"], q)),
@@ -327,6 +335,7 @@ def table2_paper(res: A.Results) -> tuple[list[dict], str]:
             for q, label in quantities:
                 base = cols[0][1](q)
                 out = [label]
+                shown = dict(model=short_model(model), profile=profile, defense=d.defense_label, task=label)
                 for name, get in cols:
                     x = get(q)
                     row = dict(model=model, profile=profile, defense=d.defense_label, task=label, column=name,
@@ -340,20 +349,24 @@ def table2_paper(res: A.Results) -> tuple[list[dict], str]:
                     if row["delta_vs_vanilla_pct"] is not None:
                         text += f" (Δ {row['delta_vs_vanilla_pct']:+.0f}%)"
                     out.append(text)
+                    shown["+defense" if name == f"+{d.defense_label}" else name] = text
                 body.append(out)
+                block_html.append(shown)
             if any(x != DASH for r in body for x in r[1:]):
-                lines += [f"## {d.defense_label} — {short_model(model)} ({profile} profile)", "", _sizes_line(sizes), ""]
+                html_rows += block_html
+                lines += [f"## {d.defense_label} — {short_model(model)} ({profile} profile)", "",
+                          _sizes_line(sizes, "items (questions)"), ""]
                 lines += _md_table(["task"] + [c[0] for c in cols], body) + [""]
     if not rows:
         lines.append("No capability measurements in these records (run cells with the capability stage on).")
-    return rows, "\n".join(lines) + "\n"
+    return rows, "\n".join(lines) + "\n", html_rows
 
 
-def fa_paper(res: A.Results) -> tuple[list[dict], str]:
+def fa_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
     """Benign fine-tuning: task accuracy after each BFT attack, rows = defenses."""
     lines = ["# Benign fine-tuning task accuracy", "",
              f"Accuracy (%) on the fine-tuning task's held-out split after each BFT attack. '{DASH}': not measured.", ""]
-    rows = []
+    rows, html_rows = [], []
     for (model, profile), defended in _by_backbone(res.defended).items():
         cols = [s for s in res.attacked if s.model == model and s.profile == profile and s.attack_kind == "bft"]
         names = list(dict.fromkeys(f"{s.attack} ({res.fa_task.get(s, s.attack_dataset)})" for s in cols))
@@ -368,11 +381,13 @@ def fa_paper(res: A.Results) -> tuple[list[dict], str]:
                 out.append(_v(x, True) if x is None else f"{_v(x, True, sizes=set())} (n={x.n_items})")
                 rows.append(dict(model=model, profile=profile, defense=d.defense_label, attack=n,
                                  value_pct=None if x is None else 100 * x.mean))
+                html_rows.append(dict(model=short_model(model), profile=profile, defense=d.defense_label,
+                                      attack=n, accuracy=out[-1]))
             body.append(out)
         lines += [f"## {short_model(model)} ({profile} profile)", ""] + _md_table(["defense"] + names, body) + [""]
     if not rows:
         lines.append("No benign fine-tuning accuracy in these records.")
-    return rows, "\n".join(lines) + "\n"
+    return rows, "\n".join(lines) + "\n", html_rows
 
 
 def headline_md(rows: list[dict], th: A.Thresholds) -> str:
@@ -387,7 +402,8 @@ def headline_md(rows: list[dict], th: A.Thresholds) -> str:
         return "\n".join(lines + ["No malicious attacks in these records.", ""]) + "\n"
     weak = sorted({(r["model"], r["profile"]) for r in rows if not r["attack_strong_enough"]})
     for m, p in weak:
-        lines += [f"**{short_model(m)} ({p})**: the attacks do not break the undefended model — too weak to rank defenses.", ""]
+        lines += [f"**{short_model(m, p)}**: the attacks do not break the undefended model — too weak to rank defenses.",
+                  ""]
     header = ["model", "defense", "worst (all attacks)", "at", "capability-bounded worst", "at", "usable cells",
               "worst usable harm", "initial capability (norm.)", "verdict"]
     body = [[short_model(r["model"]), r["defense_label"], r["worst_text"], r["worst_cell"] or DASH, r["ub_worst_text"],
@@ -446,8 +462,8 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
     (out_dir / "table2.md").write_text(table2_md(t2, ref_rows, ref_sources))
     (out_dir / "worst_case.md").write_text(worst_md(worst, th, harm))
     p1, p1_md, p1_html = table1_paper(res)
-    p2, p2_md = table2_paper(res)
-    pfa, pfa_md = fa_paper(res)
+    p2, p2_md, p2_html = table2_paper(res)
+    pfa, pfa_md, pfa_html = fa_paper(res)
     head = A.headline_rows(res, th)
     heat = A.heatmap_rows(res)
     _write_csv(out_dir / "table1_paper.csv", p1, _columns_union(p1, ["model", "defense"]))
@@ -490,8 +506,8 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
     (out_dir / "report.log").write_text("\n".join(log_lines) + "\n")
     (out_dir / "index.html").write_text(H.page(
         title="sdd-bench leaderboard", summary=summary,
-        tables={"headline": [dict(r, model=short_model(r["model"])) for r in head], "table1": p1_html, "table2": t2,
-                "worst": worst}, figures=figs,
+        tables={"headline": [dict(r, model=short_model(r["model"])) for r in head], "table1": p1_html, "table2_paper": p2_html,
+                "finetune": pfa_html, "table2": t2, "worst": worst}, figures=figs,
         reference=ref_rows, reference_sources=ref_sources, log_lines=log_lines,
         headline_intro="<p>" + H.html.escape(headline_md(head, th).split("\n\n", 2)[1]) + "</p>"
         + "".join(f"<p class='weak'><strong>{H.html.escape(r['model'])}: the attacks do not break the undefended "

@@ -182,6 +182,34 @@ def test_harm_metric_choice(tmp_path):
     assert {r["metric"] for r in t1} == {"rubric:harmfulness_score", "rubric:harmfulness_rate", "refusal_rate"}
 
 
+def test_one_harm_metric_order_for_the_report_and_the_answer_line():
+    """pipeline.harm_metric (the run's answer line) and choose_harm_metric (the report) share one order:
+    rubric, harm-clf, other classifiers' harmful rate, keyword non-refusal."""
+    from sdd_bench.harness import pipeline
+    rubric = make_record("sdd", rubric0=(1.5, 0.0, 0.6), rubric=(3.0, 0.4, 0.1))
+    clf = make_record("sdd")
+    other = make_record("sdd")
+    for cond in other["metrics"].values():
+        cond["harmful"]["aaa-guard:harmful_rate"] = _agg(0.3, "lower-safer", "aaa-guard")
+    keyword_only = make_record("sdd")
+    for cond in keyword_only["metrics"].values():
+        del cond["harmful"]["harm-clf:harmful_rate"]
+    only_other = make_record("sdd")
+    for cond in only_other["metrics"].values():
+        cond["harmful"]["zzz-guard:harmful_rate"] = cond["harmful"].pop("harm-clf:harmful_rate")
+    expect = [(rubric, "rubric:harmfulness_score", "rubric:harmfulness_rate"),
+              (clf, "harm-clf:harmful_rate", "harm-clf:harmful_rate"),
+              (other, "harm-clf:harmful_rate", "harm-clf:harmful_rate"),  # harm-clf before other classifiers
+              (only_other, "zzz-guard:harmful_rate", "zzz-guard:harmful_rate"),
+              (keyword_only, "keyword:non_refusal_rate", "keyword:non_refusal_rate")]
+    for rec, report_key, answer_key in expect:
+        assert A.choose_harm_metric([rec]).primary.key == report_key
+        assert pipeline.harm_metric(rec).key == answer_key  # the rubric's rate (HR): the answer line prints %
+        assert pipeline.answer(rec).startswith(f"answer ({answer_key}): sdd ")
+    assert pipeline.answer(keyword_only).startswith("answer (keyword:non_refusal_rate): sdd 50% [")  # 1 − 0.5
+    assert pipeline.harm_metric({"cell": {}, "metrics": {"initial": {"harmful": {}}}}) is None
+
+
 def test_worst_case_is_the_max_over_the_sweep(tmp_path):
     recs = [make_record("sdd", f"advbench-{n}", n=n, harm=h) for n, h in ((10, 0.3), (100, 0.9), (500, 0.6))]
     recs += [make_record("sdd", "beavertails-1k-seam", dataset="beavertails-attack", n=1000, lr=lr,
@@ -294,7 +322,8 @@ def test_paper_shaped_tables(tmp_path):
     assert next(r for r in read_csv(rep.out / "headline.csv") if r["defense"] == "none")["n_attacks"] == "3"
     t1 = (rep.out / "table1_paper.md").read_text()
     header = next(line for line in t1.splitlines() if line.startswith("| defense |"))
-    assert header.split(" | ")[1:4] == ["Initial", "advbench-10 (MFT, lr=5e-05)", "advbench-100 (MFT, lr=5e-05)"]
+    assert header.split(" | ")[1:4] == ["Initial", "advbench-10 (10-shot)", "advbench-100 (100-shot)"]
+    assert "Every attack at lr=5e-05." in t1  # one lr: said once, not in every column
     assert "sst2" not in t1  # benign fine-tuning is not a Table 1 column
     sdd = next(line for line in t1.splitlines() if line.startswith("| sdd |"))
     cells = [c.strip() for c in sdd.strip("|").split("|")]
@@ -556,4 +585,5 @@ def test_report_page_intervals_colours_heatmap_headline_in_chromium(tmp_path):
     assert "full size</a>" in dom and "/models/" not in (rep.out / "table1_paper.md").read_text()
     t1 = (rep.out / "table1_paper.md").read_text()
     header = next(line for line in t1.splitlines() if line.startswith("| defense |"))
-    assert header.count("advbench-100 (MFT, lr=5e-05)") == 1 and header.count("lr=") == 4
+    assert header.count("advbench-100 (100-shot, lr=5e-05)") == 1 and header.count("lr=") == 4
+

@@ -167,3 +167,25 @@ def test_same_config_same_numbers_in_a_fresh_store(sdd_cell, store):
     assert rec2["metrics"] == rec["metrics"]
     assert rec2["defense_info"]["losses"] == rec["defense_info"]["losses"]
     assert rec2["attack_info"]["losses"] == rec["attack_info"]["losses"]
+
+
+def test_defense_and_attack_data_built_once_for_preflight_and_provenance(session_store, monkeypatch):
+    """preflight builds the defense's and the attack's data; the record's provenance reuses it (no second build
+    from run_cell); a donor-built attack (needs the store) is the one exception, built after attack_stage."""
+    import inspect
+    from sdd_bench.attacks.finetune import FinetuneAttack
+    from sdd_bench.defenses.sdd import SDD
+    callers = []
+    for cls in (SDD, FinetuneAttack):
+        orig = cls.build_data
+
+        def counted(self, *a, _orig=orig, **kw):
+            callers.append((type(self).__name__, inspect.stack()[1].function))
+            return _orig(self, *a, **kw)
+        monkeypatch.setattr(cls, "build_data", counted)
+    rec, _ = pipeline.run_cell(_spec(defense="sdd", attack="advbench-prefix-10"), session_store, progress=False,
+                               log=lambda *_: None)
+    assert ("SDD", "preflight") in callers and ("FinetuneAttack", "preflight") in callers
+    assert not any(fn == "run_cell" for _, fn in callers), callers
+    sizes = rec["data"]["overlap"]["sizes"]  # the provenance still sees both groups, from the preflight's data
+    assert sizes["defense:sdd"] > 0 and sizes["attack:advbench-prefix-10"] == 10

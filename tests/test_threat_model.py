@@ -73,6 +73,26 @@ def test_responses_file_replaces_the_donor(tmp_path):
         pipeline.resolve(_spec(attack="beavertails-100", attack_options={"responses_file": str(f)}))
 
 
+def test_responses_file_is_hashed_once_per_version(tmp_path, monkeypatch):
+    """spec() runs for every key; the responses file is hashed once per (path, mtime, size), again after a change."""
+    import os
+    from sdd_bench.attacks import donor
+    f = tmp_path / "resp.jsonl"
+    f.write_text(json.dumps({"prompt": "Name a fruit.", "response": "A pear."}) + "\n")
+    hashed = []
+    orig = donor._sha256_of
+    monkeypatch.setattr(donor, "_sha256_of", lambda p: hashed.append(p) or orig(p))
+    r = pipeline.resolve(_spec(attack="advbench-10", attack_options={"responses_file": str(f)}))
+    shas = {r.attack.spec()["responses"]["responses_file_sha256"] for _ in range(3)}
+    import hashlib
+    assert len(hashed) == 1 and shas == {hashlib.sha256(f.read_bytes()).hexdigest()}
+    f.write_text(json.dumps({"prompt": "Name a fruit.", "response": "A plum."}) + "\n")  # same size, new content
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # coarse-mtime filesystems: move it on
+    new = r.attack.spec()["responses"]["responses_file_sha256"]
+    assert len(hashed) == 2 and new == hashlib.sha256(f.read_bytes()).hexdigest() and new not in shas
+
+
 def test_beavertails_shot_counts_have_full_responses():
     for n in (10, 50, 100):
         r = pipeline.resolve(_spec(attack=f"beavertails-{n}"))

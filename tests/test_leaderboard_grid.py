@@ -1,0 +1,119 @@
+"""Leaderboards on a real tiny grid with two backbones (issue 20): `grid`, then `report`, and what the outputs must
+satisfy: intervals, Table 1 / Table 2 shape per backbone, headline verdicts, figures' titles and axes, the page."""
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from sdd_bench.leaderboards.report import build_report
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------------
+# a real tiny grid with two backbones, through `grid` and `report` (issue 20)
+TWO_BACKBONES = """
+name: lb-two-backbones
+profile: tiny
+models: [tiny, tiny-aligned]
+defenses: [none, sdd]
+attacks: [advbench-prefix-10, sst2-1k]
+seeds: [0, 1]
+judges: []
+capability: true
+run: {n_harmful: 4, n_benign: 2, n_xstest: 2}
+"""
+
+
+@pytest.fixture(scope="module")
+def two_backbones(session_store, tmp_path_factory):
+    """16 real tiny cells (2 backbones × {none, sdd} × {10-shot MFT, BFT} × 2 seeds), reported; figures' titles and
+    axes captured as they are saved."""
+    from sdd_bench.harness import grid as G
+    from sdd_bench.leaderboards import figures as F
+    tmp = tmp_path_factory.mktemp("two-backbones")
+    (tmp / "grid.yaml").write_text(TWO_BACKBONES)
+    g = G.load_grid(tmp / "grid.yaml")
+    results = G.run_grid(g, session_store, progress=False, log=lambda *a: None)
+    assert all(r.error is None for r in results), [r.error for r in results if r.error]
+    seen, save = {}, F._save
+
+    def capture(fig, out):
+        seen[out.name] = [(ax.get_title(), ax.get_xlim(), [ln.get_xdata() for ln in ax.get_lines()])
+                          for ax in fig.axes if ax.get_visible()] + \
+            ([(fig._suptitle.get_text(), None, [])] if fig._suptitle else [])
+        return save(fig, out)
+    F._save = capture
+    try:
+        rep = build_report([str(tmp / "grid.yaml")], tmp / "report", workdir=str(session_store.root), echo=None)
+    finally:
+        F._save = save
+    return rep, seen
+
+
+INTERVAL = re.compile(r"\[(-?[\d.]+), (-?[\d.]+)\]")
+
+
+def test_real_two_backbone_grid_report(two_backbones):
+    rep, seen = two_backbones
+    out = rep.out
+    assert rep.records == 16
+    # intervals: inside [0, 100] % (or [0, 1]), never zero-width (two seeds at 0/4 are not certainty)
+    for name, top in (("table1_paper.md", 100.0), ("headline.md", 100.0), ("table2_paper.md", 100.0),
+                      ("finetune_accuracy.md", 100.0), ("table1.md", 1.0)):
+        text = (out / name).read_text().split("## Paper")[0]
+        ivs = [(float(a), float(b)) for a, b in INTERVAL.findall(text)]
+        assert ivs, name
+        assert all(0.0 <= lo < hi <= top for lo, hi in ivs), (name, [x for x in ivs if not 0 <= x[0] < x[1] <= top])
+    # Table 1: per backbone, malicious attacks only, one column each, HS/HR-style pairs in %, XSTest column
+    t1 = (out / "table1_paper.md").read_text()
+    assert "## tiny (tiny profile)" in t1 and "## tiny-aligned (tiny profile)" in t1
+    headers = [line for line in t1.splitlines() if line.startswith("| defense | Initial")]
+    assert len(headers) == 2
+    for h in headers:
+        cols = [c.strip() for c in h.strip("|").split("|")]
+        assert cols == ["defense", "Initial", "advbench-prefix-10 (10-shot)", "XSTest over-refusal (%)"], cols
+    assert "sst2" not in t1 and t1.count("Every attack at lr=5e-05.") == 2
+    rows = [line for line in t1.splitlines() if line.startswith(("| none |", "| sdd |"))]
+    assert len(rows) == 4  # 2 defenses × 2 backbones (a grid input names no store path: no usable-harm table)
+    assert all(" / " in c for r in rows[:2] for c in r.strip("|").split("|")[1:3])
+    # Table 2: per defense and backbone, Vanilla / +defense / +BFT / +MFT; the mean of one task is that task
+    t2 = (out / "table2_paper.md").read_text()
+    assert "## sdd — tiny (tiny profile)" in t2 and "## sdd — tiny-aligned (tiny profile)" in t2
+    assert t2.count("| task | Vanilla | +sdd | +BFT | +MFT |") == 2
+    for block in t2.split("## sdd — ")[1:]:
+        body = [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| task")]
+        if len(body) == 2:  # one capability task and its mean
+            assert body[0].split("|")[2:] == body[1].split("|")[2:], body
+    fa = (out / "finetune_accuracy.md").read_text()
+    assert fa.count("| defense | sst2-1k (fa_sst2) |") == 2
+    # headline: one row per defense and backbone, a verdict each, short names, no "tiny (tiny)"
+    head = read_csv(out / "headline.csv")
+    assert sorted((r["model"], r["defense"]) for r in head) == [("tiny", "none"), ("tiny", "sdd"),
+                                                                ("tiny-aligned", "none"), ("tiny-aligned", "sdd")]
+    assert all(r["verdict"] in {"holds", "breaks", "inconclusive", "vacuous", "collapsed", "unknown"} for r in head)
+    assert "tiny (tiny)" not in (out / "headline.md").read_text()
+    # figures: one colour per defense, titles without a repeated name or a path, every point inside its axes
+    meta = json.loads((out / "figures.json").read_text())
+    assert {"heatmap_defense_attack.png", "fig4_backbones.png", "scatter_harm_vs_capability.png"} <= set(seen)
+    for colors in meta["figures"].values():
+        assert all(c == meta["colors"][d] for d, c in colors.items())
+    assert len(set(meta["colors"].values())) == len(meta["colors"]) == 2
+    for fig, axes in seen.items():
+        for title, xlim, xs in axes:
+            assert "tiny, tiny" not in title and "tiny (tiny)" not in title and "/" not in title, (fig, title)
+            for x in xs:  # data coordinates of every drawn point (error bars included)
+                vals = [float(v) for v in x if math.isfinite(float(v))]
+                assert all(xlim[0] <= v <= xlim[1] for v in vals), (fig, title, xlim, vals)
+    # the page: both paper-shaped tables and the BFT accuracy, rows embedded
+    page = (out / "index.html").read_text()
+    for tid in ("headline", "table1", "table2_paper", "finetune"):
+        assert f'id="data-{tid}"' in page and f'<table id="t-{tid}"' in page
+    # reference numbers: never placed beside a tiny-profile cell
+    assert all(r["ours"] == "no matching cell in these records" for r in read_csv(out / "reference.csv"))
