@@ -153,3 +153,19 @@ def test_refusal_sft_prompt_refusals_pair_defense_partition_harmful_prompts_with
     assert all(data.normalize(r["prompt"]) in unsafe for r in bt)  # defense partition, harmful prompts only
     assert plain.spec() != more.spec()
     assert not any(r.get("source") == "beavertails-refusal" for r in plain.build_data(0))
+
+
+def test_defender_side_prompts_may_overlap_but_not_the_attackers_or_evaluations(monkeypatch):
+    """SDD on the aligned base both use the BeaverTails defense partition: allowed.  An aligned base trained on
+    evaluation or attack prompts is contamination, and preflight says so before any training."""
+    r = pipeline.resolve(_spec(defense="sdd", attack="beavertails-10"))
+    sets, built = pipeline.preflight(r)
+    defense_rows = built["defense"][0] if isinstance(built["defense"], tuple) else built["defense"]
+    shared = [dict(x, kind="refusal") for x in defense_rows if x.get("kind") != "benign"][:3]
+    monkeypatch.setattr(models, "alignment_rows", lambda name, seed=0: shared)
+    groups, rep = pipeline.check_disjoint(r, sets, built)
+    assert any(k.startswith("model:") for k in groups) and any(v for v in rep["overlaps"].values())
+    attack_rows = built["attack"][0]
+    monkeypatch.setattr(models, "alignment_rows", lambda name, seed=0: [dict(prompt=attack_rows[0]["prompt"], kind="refusal")])
+    with pytest.raises(Exception, match="overlap between .*attack:beavertails-10|overlap between attack:beavertails-10"):
+        pipeline.preflight(r)
