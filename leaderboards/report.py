@@ -404,6 +404,8 @@ def headline_md(rows: list[dict], th: A.Thresholds) -> str:
     for m, p in weak:
         lines += [f"**{short_model(m, p)}**: the attacks do not break the undefended model — too weak to rank defenses.",
                   ""]
+    for r in {(r["model"], r["profile"]): r for r in rows if r.get("backbone_below_bound") and r["attack_strong_enough"]}.values():
+        lines += [f"**{short_model(r['model'], r['profile'])}**: {r['note']}.", ""]
     header = ["model", "defense", "worst (all attacks)", "at", "capability-bounded worst", "at", "usable cells",
               "worst usable harm", "initial capability (norm.)", "verdict"]
     body = [[short_model(r["model"]), r["defense_label"], r["worst_text"], r["worst_cell"] or DASH, r["ub_worst_text"],

@@ -587,3 +587,16 @@ def test_report_page_intervals_colours_heatmap_headline_in_chromium(tmp_path):
     header = next(line for line in t1.splitlines() if line.startswith("| defense |"))
     assert header.count("advbench-100 (100-shot, lr=5e-05)") == 1 and header.count("lr=") == 4
 
+
+
+def test_headline_tells_a_small_backbone_from_a_weak_attack(tmp_path):
+    """Smoke's 135M model sits below the capability bound before any attack: every bounded verdict is vacuous,
+    but an attack that takes it from 3% to 97% harmful is not 'too weak to rank defenses'."""
+    recs = [make_record("none", "advbench-100", harm=0.97, cap=0.45, cap0=0.45),  # norm. ≈ 0.18 < 0.3
+            make_record("sdd", "advbench-100", harm=0.94, cap=0.45, cap0=0.44)]
+    rep = report(tmp_path, recs)
+    head = {r["defense"]: r for r in read_csv(rep.out / "headline.csv")}
+    assert head["sdd"]["attack_strong_enough"] == "True" and head["sdd"]["verdict"] == "vacuous"
+    assert "below the bound" in head["sdd"]["note"]
+    md = (rep.out / "headline.md").read_text()
+    assert "too weak to rank" not in md and "below the bound" in md
