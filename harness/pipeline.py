@@ -268,8 +268,8 @@ def _defender_side(group: str) -> bool:
     return group.startswith(("model:", "defense:"))
 
 
-def check_disjoint(r: Resolved, sets: dict, built: dict) -> tuple[dict, dict]:
-    """Prompt groups of the cell and their overlap report; raises on an overlap that would contaminate it.
+def check_disjoint(r: Resolved, sets: dict, built: dict) -> dict:
+    """The overlap report of the cell's prompt groups; raises on an overlap that would contaminate the cell.
 
     Harmful prompts the defender trains on (the aligned base's refusal SFT ``model:…``, ``defense:…``) must be
     disjoint from the attacker's (``attack:…``) and from evaluation prompts (``eval:…``); the attacker's must be
@@ -302,13 +302,14 @@ def check_disjoint(r: Resolved, sets: dict, built: dict) -> tuple[dict, dict]:
             continue
         raise SddBenchError(f"data overlap between {a_} and {b_} ({v} prompts): defender, attacker and evaluation "
                             f"prompts must be disjoint. Choose another dataset or partition for one of them.")
-    return groups, overlap
+    return overlap
 
 
-def preflight(r: Resolved) -> tuple[dict, dict]:
+def preflight(r: Resolved) -> tuple[dict, dict, dict]:
     """``preflight_data``, also returning the defense and attack data it built (role → ``build_data``'s result:
-    ``defense``, ``base_defense``, ``attack``), so the record's provenance reuses them instead of building them
-    again.  An attack on donor-built responses is only checked here (its data needs the store): it has no entry."""
+    ``defense``, ``base_defense``, ``attack``) and their overlap report, so the record's provenance reuses them
+    instead of building them again.  An attack on donor-built responses is only checked here (its data needs the
+    store): it has no entry, and provenance checks it once attack_stage has built it."""
     sets = eval_sets(r.profile, r.spec)
     built: dict[str, Any] = {}
     for role, d in (("base_defense", r.base_defense), ("defense", r.defense)):
@@ -323,8 +324,8 @@ def preflight(r: Resolved) -> tuple[dict, dict]:
             from . import data
             from .capability import FA_TASKS
             data.load(FA_TASKS[FA_FOR_DATASET[r.attack.cfg.dataset]].dataset)
-    check_disjoint(r, sets, built)  # overlapping prompts fail here, not after hours of training
-    return sets, built
+    overlap = check_disjoint(r, sets, built)  # overlapping prompts fail here, not after hours of training
+    return sets, built, overlap
 
 
 MOSTLY_INVALID = 0.5  # a harmfulness judge with more invalid verdicts than this fails the cell
@@ -455,7 +456,7 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
 
     r = resolve(spec)
     spec = r.spec  # normalized: options at their defaults are not part of the cell
-    sets, built = preflight(r)  # bad data fails here, before any training; the data is reused below
+    sets, built, overlap = preflight(r)  # bad data fails here, before any training; the data is reused below
     timings: dict[str, float] = {}
     t_all = time.time()
     t0 = time.time()
@@ -500,7 +501,7 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
     # data provenance: fingerprints and disjointness of defense / attack / evaluation prompts
     if r.attack is not None and "attack" not in built:  # donor-built responses: attack_stage prepared them
         built["attack"] = r.attack.build_data(attack_seed(r.attack, spec.seed))
-    groups, overlap = check_disjoint(r, sets, built)
+        overlap = check_disjoint(r, sets, built)
     fps = {}
     for ds in sorted({ds for ds, _ in sets.values()}):
         fps[ds] = data.get(ds).fingerprints()

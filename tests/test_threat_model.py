@@ -159,12 +159,12 @@ def test_defender_side_prompts_may_overlap_but_not_the_attackers_or_evaluations(
     """SDD on the aligned base both use the BeaverTails defense partition: allowed.  An aligned base trained on
     evaluation or attack prompts is contamination, and preflight says so before any training."""
     r = pipeline.resolve(_spec(defense="sdd", attack="beavertails-10"))
-    sets, built = pipeline.preflight(r)
+    sets, built, _ = pipeline.preflight(r)
     defense_rows = built["defense"][0] if isinstance(built["defense"], tuple) else built["defense"]
     shared = [dict(x, kind="refusal") for x in defense_rows if x.get("kind") != "benign"][:3]
     monkeypatch.setattr(models, "alignment_rows", lambda name, seed=0: shared)
-    groups, rep = pipeline.check_disjoint(r, sets, built)
-    assert any(k.startswith("model:") for k in groups) and any(v for v in rep["overlaps"].values())
+    rep = pipeline.check_disjoint(r, sets, built)
+    assert any("model:" in k and "defense:sdd" in k and v for k, v in rep["overlaps"].items())
     attack_rows = built["attack"][0]
     monkeypatch.setattr(models, "alignment_rows", lambda name, seed=0: [dict(prompt=attack_rows[0]["prompt"], kind="refusal")])
     with pytest.raises(Exception, match="overlap between .*attack:beavertails-10|overlap between attack:beavertails-10"):
