@@ -852,6 +852,14 @@ def headline_rows(res: Results, th: Thresholds) -> list[dict]:
         fmt = lambda x: x.fmt(percent=metric.is_rate) if x is not None else "—"
         usable = [x for x in (res.get(c, USABLE_HARM) for c in cells) if x is not None]
         uw = max(usable, key=lambda x: x.mean) if usable else None
+        if not strong:
+            note = f"the attacks do not break the undefended model ({base}): too weak to rank defenses"
+        elif small:
+            note = (f"the undefended model's own capability ({vanilla_cap.mean:.2f}, chance-normalised) is below the "
+                    f"bound {th.capability_bound:g}: bounded verdicts are vacuous on this backbone; read the plain "
+                    "worst case (report --capability-bound sets the bound)")
+        else:
+            note = ""
         rows.append(dict(_defense_columns(d), metric=metric.key, metric_label=metric.label, n_attacks=len(cells),
                          usable_worst=uw.mean if uw else None, usable_worst_text=fmt(uw) if uw else "—",
                          worst=worst[1].mean if worst else None, worst_ci_lo=worst[1].ci_lo if worst else None,
@@ -864,13 +872,7 @@ def headline_rows(res: Results, th: Thresholds) -> list[dict]:
                          initial_below_bound=bool(init is not None and init.mean < th.capability_bound),
                          verdict=v["verdict"], undefended_verdict=base, attack_strong_enough=strong,
                          backbone_below_bound=small,
-                         note=("" if not strong else
-                               f"the undefended model's own capability ({vanilla_cap.mean:.2f}, chance-normalised) is "
-                               f"below the bound {th.capability_bound:g}: bounded verdicts are vacuous on this "
-                               "backbone; read the plain worst case (report --capability-bound sets the bound)"
-                               if small else "") if strong else
-                              "the attacks do not break the undefended model "
-                              f"({base}): too weak to rank defenses"))
+                         note=note))
     rows.sort(key=lambda r: (r["model"], r["profile"], -1.0 if r["ub_worst"] is None else r["ub_worst"],
                              r["worst"] or 0.0))
     return rows
