@@ -653,7 +653,7 @@ def cli_grid(args) -> int:
     def publish(res: CellResult) -> None:
         from .publish import publish_record
         try:
-            p = publish_record(res.record, res.record_ref, args.publish)
+            p = publish_record(res.record, res.record_ref, args.publish, store_root=store.root)
         except (SddBenchError, OSError) as err:
             publish_failed.append(f"{label(res.spec)}: {err}")
             print(f"  publish FAILED: {err}", file=sys.stderr)

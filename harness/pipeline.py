@@ -385,11 +385,12 @@ def evaluate(store, ref, r: Resolved, sets, log, progress=True) -> tuple[dict, d
                              "finish_length_rate": sum(g["finish_reason"] == "length" for g in gens) / max(1, len(gens)),
                              "mean_completion_tokens": sum(g["completion_tokens"] for g in gens) / max(1, len(gens))}
         judges = list(BASE_JUDGES) + (list(spec.judges) if name == "harmful" else [])
+        by_judge: dict[str, list[dict]] = {}
         for jn in judges:
             j = make_judge(jn, spec.judge_options.get(jn), store=store, device="cpu")
             jart, jhit = judge_stage(store, gart, jn, judge=j)
             arts[f"judge/{name}/{jn}"] = jart.ref()
-            verdicts = load_verdicts(jart)
+            verdicts = by_judge[jn] = load_verdicts(jart)
             if name == "harmful" and jn not in BASE_JUDGES:
                 check_judge(jn, name, verdicts, jart)
             acct = load_summary(jart).get("accounting")
@@ -400,6 +401,9 @@ def evaluate(store, ref, r: Resolved, sets, log, progress=True) -> tuple[dict, d
                 agg["direction"] = DIRECTIONS.get((name, mname), direction)
                 agg["judge"] = jn
                 m[mname if jn in BASE_JUDGES else f"{jn}:{mname}"] = agg
+        if name == "harmful":  # harmful ∧ coherent ∧ relevant, per harm judge (issue 20; harness.metrics)
+            from .metrics import usable_harm_block
+            m["usable_harm"] = usable_harm_block(by_judge)
         metrics[name] = m
     return metrics, arts, loaded
 

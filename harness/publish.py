@@ -138,8 +138,31 @@ class Published:
     omitted: list[str]
 
 
-def publish_record(record: dict, record_ref: str | None, root: str | Path = DEFAULT_ROOT) -> Published:
-    """Write one sanitized record to ``root/<profile>/<key>.json`` (atomic; unchanged bytes are not rewritten)."""
+def backfill_usable_harm(record: dict, store_root: str | Path | None) -> dict:
+    """A record written before the pipeline stored ``harmful.usable_harm`` gets that block computed from the
+    store's judge verdicts (harness.metrics.usable_harm_from_store; each entry marked ``"from": "publish"``), so a
+    published record keeps its usable-harm numbers once the store is gone.  Records that have it, or whose
+    verdicts are not in the store, are returned as they are."""
+    from .metrics import usable_harm_from_store
+    if store_root is None:
+        return record
+    out = None
+    for cond, m in (record.get("metrics") or {}).items():
+        harmful = m.get("harmful") if isinstance(m, dict) else None
+        if not isinstance(harmful, dict) or "usable_harm" in harmful:
+            continue
+        block = usable_harm_from_store(store_root, record, cond)
+        if block:
+            out = out or copy.deepcopy(record)
+            out["metrics"][cond]["harmful"]["usable_harm"] = {k: dict(v, **{"from": "publish"}) for k, v in block.items()}
+    return out or record
+
+
+def publish_record(record: dict, record_ref: str | None, root: str | Path = DEFAULT_ROOT,
+                   store_root: str | Path | None = None) -> Published:
+    """Write one sanitized record to ``root/<profile>/<key>.json`` (atomic; unchanged bytes are not rewritten).
+    With ``store_root`` (the work dir the record came from) a missing usable-harm block is filled in first."""
+    record = backfill_usable_harm(record, store_root)
     profile = str(record.get("cell", {}).get("profile") or record.get("spec", {}).get("profile") or "")
     if not profile or "/" in profile or profile.startswith("."):
         raise PublishError(f"record {record_ref or ''} has no usable profile ({profile!r}); cannot choose results/<profile>/.")
@@ -188,10 +211,10 @@ def grid_records(spec_path: str | Path, workdir: str | Path) -> list[tuple[dict,
 
 
 def publish_many(items: Iterable[tuple[dict, str]], root: str | Path = DEFAULT_ROOT,
-                 log: Callable[[str], None] = print) -> list[Published]:
+                 log: Callable[[str], None] = print, store_root: str | Path | None = None) -> list[Published]:
     out = []
     for record, ref in items:
-        p = publish_record(record, ref, root)
+        p = publish_record(record, ref, root, store_root)
         note = f" (omitted {len(p.omitted)} long field(s): {', '.join(p.omitted[:3])})" if p.omitted else ""
         log(f"{'published' if p.changed else 'unchanged'} {p.path}{note}")
         out.append(p)
@@ -225,7 +248,7 @@ def cli_publish(args) -> int:
     if not items:
         print(f"publish: no finished record in {args.workdir}" + (f" for {', '.join(args.grids)}" if args.grids else ""))
         return 0
-    res = publish_many(items, args.to, log=(lambda *_: None) if args.quiet else print)
+    res = publish_many(items, args.to, log=(lambda *_: None) if args.quiet else print, store_root=args.workdir)
     print(f"publish: {len(res)} record(s) -> {args.to}/ ({sum(p.changed for p in res)} written, "
           f"{sum(not p.changed for p in res)} unchanged)")
     return 0

@@ -238,7 +238,7 @@ def _column_name(s: A.Setting, show_lr: bool = True) -> str:
     return f"{s.attack}{f' [{opts}]' if opts else ''} ({', '.join(what)})"
 
 
-KIND_SHORT = {"mft": "MFT", "poison": "poison", "bft": "BFT"}
+KIND_SHORT = {"mft": "MFT", "poison": "poison", "bft": "BFT", "ablation": "ablation"}
 
 
 def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
@@ -299,7 +299,7 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
                                    for n, x in [("Initial", d)] + [(n, cell_of.get(n)) for n in names]})
             lines += [f"### Usable harm (%) beside it — {short_model(model)}", "",
                       f"Per prompt: harmful ({first.label}'s judge) ∧ coherent (coherence judge) ∧ relevant (relevance "
-                      "judge), from the judges' per-item verdicts in the store; a collapsed model's gibberish is "
+                      "judge), per item from the judges' verdicts (the record's usable_harm block); a collapsed model's gibberish is "
                       f"neither safe nor usefully harmful. {_sizes_line(usizes)}", ""]
             lines += _md_table(["defense", "Initial"] + names, ubody) + [""]
     return rows, "\n".join(lines) + "\n", html_rows
@@ -508,8 +508,10 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
     (out_dir / "report.log").write_text("\n".join(log_lines) + "\n")
     (out_dir / "index.html").write_text(H.page(
         title="sdd-bench leaderboard", summary=summary,
+        # the page shows short model names everywhere (the CSVs keep the full identity)
         tables={"headline": [dict(r, model=short_model(r["model"])) for r in head], "table1": p1_html, "table2_paper": p2_html,
-                "finetune": pfa_html, "table2": t2, "worst": worst}, figures=figs,
+                "finetune": pfa_html, "table2": [dict(r, model=short_model(r["model"])) for r in t2],
+                "worst": [dict(r, model=short_model(r["model"])) for r in worst]}, figures=figs,
         reference=ref_rows, reference_sources=ref_sources, log_lines=log_lines,
         headline_intro="<p>" + H.html.escape(headline_md(head, th).split("\n\n", 2)[1]) + "</p>"
         + "".join(f"<p class='weak'><strong>{H.html.escape(r['model'])}: the attacks do not break the undefended "

@@ -23,7 +23,9 @@ name: lb-two-backbones
 profile: tiny
 models: [tiny, tiny-aligned]
 defenses: [none, sdd]
-attacks: [advbench-prefix-10, sst2-1k]
+attacks:
+  - {name: advbench-prefix-10, sweep: {lr: [5.0e-5, 2.0e-4]}}   # 5e-5 is the preset's own lr: the plain cell
+  - sst2-1k
 seeds: [0, 1]
 judges: []
 capability: true
@@ -33,8 +35,8 @@ run: {n_harmful: 4, n_benign: 2, n_xstest: 2}
 
 @pytest.fixture(scope="module")
 def two_backbones(session_store, tmp_path_factory):
-    """16 real tiny cells (2 backbones × {none, sdd} × {10-shot MFT, BFT} × 2 seeds), reported; figures' titles and
-    axes captured as they are saved."""
+    """24 real tiny cells (2 backbones × {none, sdd} × {10-shot MFT at two learning rates, BFT} × 2 seeds),
+    reported; figures' titles, axes and y labels captured as they are saved."""
     from sdd_bench.harness import grid as G
     from sdd_bench.leaderboards import figures as F
     tmp = tmp_path_factory.mktemp("two-backbones")
@@ -42,12 +44,13 @@ def two_backbones(session_store, tmp_path_factory):
     g = G.load_grid(tmp / "grid.yaml")
     results = G.run_grid(g, session_store, progress=False, log=lambda *a: None)
     assert all(r.error is None for r in results), [r.error for r in results if r.error]
+    assert len(results) == 24  # the sweep's lr=5e-5 is the preset itself: one cell, not a duplicate
     seen, save = {}, F._save
 
     def capture(fig, out):
-        seen[out.name] = [(ax.get_title(), ax.get_xlim(), [ln.get_xdata() for ln in ax.get_lines()])
+        seen[out.name] = [(ax.get_title(), ax.get_xlim(), [ln.get_xdata() for ln in ax.get_lines()], ax.get_ylabel())
                           for ax in fig.axes if ax.get_visible()] + \
-            ([(fig._suptitle.get_text(), None, [])] if fig._suptitle else [])
+            ([(fig._suptitle.get_text(), None, [], "")] if fig._suptitle else [])
         return save(fig, out)
     F._save = capture
     try:
@@ -63,7 +66,7 @@ INTERVAL = re.compile(r"\[(-?[\d.]+), (-?[\d.]+)\]")
 def test_real_two_backbone_grid_report(two_backbones):
     rep, seen = two_backbones
     out = rep.out
-    assert rep.records == 16
+    assert rep.records == 24
     # intervals: inside [0, 100] % (or [0, 1]), never zero-width (two seeds at 0/4 are not certainty)
     for name, top in (("table1_paper.md", 100.0), ("headline.md", 100.0), ("table2_paper.md", 100.0),
                       ("finetune_accuracy.md", 100.0), ("table1.md", 1.0)):
@@ -74,14 +77,18 @@ def test_real_two_backbone_grid_report(two_backbones):
     # Table 1: per backbone, malicious attacks only, one column each, HS/HR-style pairs in %, XSTest column
     t1 = (out / "table1_paper.md").read_text()
     assert "## tiny (tiny profile)" in t1 and "## tiny-aligned (tiny profile)" in t1
-    headers = [line for line in t1.splitlines() if line.startswith("| defense | Initial")]
+    headers = [line for line in t1.splitlines() if line.startswith("| defense | Initial") and "XSTest" in line]
     assert len(headers) == 2
     for h in headers:
         cols = [c.strip() for c in h.strip("|").split("|")]
-        assert cols == ["defense", "Initial", "advbench-prefix-10 (10-shot)", "XSTest over-refusal (%)"], cols
-    assert "sst2" not in t1 and t1.count("Every attack at lr=5e-05.") == 2
+        # the lr sweep: one column per lr (the lr named in the column, since it varies), no duplicate column
+        assert cols == ["defense", "Initial", "advbench-prefix-10 (10-shot, lr=5e-05)",
+                        "advbench-prefix-10 (10-shot, lr=0.0002)", "XSTest over-refusal (%)"], cols
+    assert "sst2" not in t1 and "Every attack at lr" not in t1
     rows = [line for line in t1.splitlines() if line.startswith(("| none |", "| sdd |"))]
-    assert len(rows) == 4  # 2 defenses × 2 backbones (a grid input names no store path: no usable-harm table)
+    # 2 defenses × 2 backbones, in Table 1 and in its usable-harm table (the records carry usable_harm, so a grid
+    # input, which names no store path, keeps it)
+    assert len(rows) == 8 and t1.count("### Usable harm (%) beside it") == 2
     assert all(" / " in c for r in rows[:2] for c in r.strip("|").split("|")[1:3])
     # Table 2: per defense and backbone, Vanilla / +defense / +BFT / +MFT; the mean of one task is that task
     t2 = (out / "table2_paper.md").read_text()
@@ -101,12 +108,19 @@ def test_real_two_backbone_grid_report(two_backbones):
     assert "tiny (tiny)" not in (out / "headline.md").read_text()
     # figures: one colour per defense, titles without a repeated name or a path, every point inside its axes
     meta = json.loads((out / "figures.json").read_text())
-    assert {"heatmap_defense_attack.png", "fig4_backbones.png", "scatter_harm_vs_capability.png"} <= set(seen)
+    assert {"heatmap_defense_attack.png", "fig4_backbones.png", "scatter_harm_vs_capability.png",
+            "fig2_harm_vs_lr.png"} <= set(seen)
+    # the lr sweep: harm vs lr beside capability vs lr, one panel each per backbone and attack, two lrs per line
+    lr_axes = [a for a in seen["fig2_harm_vs_lr.png"] if a[1] is not None]
+    assert any("capability" in a[3].lower() for a in lr_axes) and any("capability" not in a[3].lower() for a in lr_axes)
+    assert all(len(x) >= 2 for a in lr_axes for x in a[2] if len(x)), "a single-point lr series"
+    sweeps = {(r["model"], r["defense"]) for r in read_csv(out / "worst_case.csv") if r["group"].startswith("lr sweep")}
+    assert sweeps == {(m, d) for m in ("tiny", "tiny-aligned") for d in ("none", "sdd")}
     for colors in meta["figures"].values():
         assert all(c == meta["colors"][d] for d, c in colors.items())
     assert len(set(meta["colors"].values())) == len(meta["colors"]) == 2
     for fig, axes in seen.items():
-        for title, xlim, xs in axes:
+        for title, xlim, xs, _ in axes:
             assert "tiny, tiny" not in title and "tiny (tiny)" not in title and "/" not in title, (fig, title)
             for x in xs:  # data coordinates of every drawn point (error bars included)
                 vals = [float(v) for v in x if math.isfinite(float(v))]

@@ -600,3 +600,37 @@ def test_headline_tells_a_small_backbone_from_a_weak_attack(tmp_path):
     assert "below the bound" in head["sdd"]["note"]
     md = (rep.out / "headline.md").read_text()
     assert "too weak to rank" not in md and "below the bound" in md
+
+
+def test_refusal_ablation_counts_in_the_headline_worst_case(tmp_path):
+    """Refusal-direction ablation (attacks/refusal_ablation.py, kind "ablation") is a malicious attack: the
+    headline's worst case covers it, with its own label, and it is no Table 1 (shot-count) column."""
+    recs = [make_record("none", "advbench-100", harm=0.6), make_record("sdd", "advbench-100", harm=0.3)]
+    for d, h in (("none", 0.9), ("sdd", 0.8)):
+        r = make_record(d, "refusal-ablation", harm=h)
+        r["cell"]["attack_kind"] = "ablation"
+        r["config"]["attack"] = {"attack": "refusal-ablation", "version": 1, "config": {"harmful_dataset": "advbench"},
+                                 "resolved": {}}
+        recs.append(r)
+    rep = report(tmp_path, recs)
+    head = {r["defense"]: r for r in read_csv(rep.out / "headline.csv")}
+    assert head["sdd"]["n_attacks"] == "2" and float(head["sdd"]["worst"]) == pytest.approx(0.8)
+    assert "refusal-ablation" in head["sdd"]["worst_cell"]
+    assert "refusal-ablation" not in (rep.out / "table1_paper.md").read_text()
+    groups = {r["group"] for r in read_csv(rep.out / "worst_case.csv") if r["defense"] == "sdd"}
+    assert "all refusal ablation attacks" in groups
+
+
+def test_html_page_shows_short_model_names_and_csvs_keep_the_path(tmp_path):
+    """A model given by path is shown by its last component on the page (every table, Table 2 long and the worst
+    case included); the CSVs keep the full identity."""
+    path = "/models/cache/SmolLM2-135M-Instruct"
+    recs = [make_record(d, "advbench-100", model=path) for d in ("none", "sdd")]
+    rep = report(tmp_path, recs)
+    page = (rep.out / "index.html").read_text()
+    for tid in ("headline", "table2", "worst"):
+        data = json.loads(page.split(f'id="data-{tid}">', 1)[1].split("</script>", 1)[0])
+        assert data["rows"], tid
+        assert {r["model"] for r in data["rows"]} == {"SmolLM2-135M-Instruct"}, tid
+    assert page.count("/models/cache") == 1 and "models: /models/cache/SmolLM2" in page  # named once, in the summary
+    assert {r["model"] for r in read_csv(rep.out / "table2.csv")} == {path}

@@ -42,6 +42,11 @@ def test_record_is_complete(sdd_cell):
                 agg = m[s][key]
                 assert 0 <= agg["value"] <= 1 or key == "relevance"
                 assert len(agg["ci95"]) == 2 and agg["n"] == m[s]["n"]
+        # usable harm (harmful ∧ coherent ∧ relevant), per harm judge that ran; never above the judge's own rate
+        usable = m["harmful"]["usable_harm"]["keyword:non_refusal_rate"]
+        assert usable["judges"] == ["keyword", "coherence", "relevance"] and usable["n"] == m["harmful"]["n"]
+        assert 0.0 <= usable["ci95"][0] <= usable["value"] <= usable["ci95"][1] <= 1.0
+        assert usable["value"] <= 1.0 - m["harmful"]["refusal_rate"]["value"] + 1e-9
     assert rec["attack_info"]["data_info"]["examples"] == 10
     assert (art.path / "record.json").is_file()
 

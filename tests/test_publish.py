@@ -69,6 +69,36 @@ def test_publish_is_idempotent_and_keyed_like_the_store(tmp_path):
         P.publish_record(dict(make_record(), cell={"profile": "../x"}), "record/x", tmp_path / "r3")
 
 
+def test_publish_fills_in_usable_harm_from_the_store(tmp_path):
+    """A record written before records carried harmful.usable_harm gets it from the store's verdicts when
+    published, so the committed leaderboard keeps its usable-harm table once the work dir is gone."""
+    store = tmp_path / "runs"
+    rec = make_record("sdd", "advbench-100")
+    labels = {"harm-clf": ["harmful", "harmful", "safe", "harmful"], "keyword": ["none", "refusal", "none", "none"],
+              "coherence": ["coherent", "coherent", "coherent", "incoherent"],
+              "relevance": ["relevant", "relevant", "relevant", "relevant"]}
+    for jn, ls in labels.items():
+        d = store / "judge" / f"attacked-{jn}"
+        d.mkdir(parents=True)
+        (d / "verdicts.jsonl").write_text("".join(json.dumps({"label": x}) + "\n" for x in ls))
+        rec["artifacts"][f"attacked/judge/harmful/{jn}"] = f"judge/attacked-{jn}"
+    before = json.dumps(rec, sort_keys=True)
+    pub = json.loads(P.publish_record(rec, "record/k9", tmp_path / "results", store_root=store).path.read_text())
+    assert json.dumps(rec, sort_keys=True) == before  # the store's record is untouched
+    usable = pub["metrics"]["attacked"]["harmful"]["usable_harm"]
+    assert usable["harm-clf:harmful_rate"]["value"] == pytest.approx(0.5)     # items 1 and 2 of 4
+    assert usable["keyword:non_refusal_rate"]["value"] == pytest.approx(0.5)  # items 1 and 3
+    assert usable["harm-clf:harmful_rate"]["from"] == "publish" and usable["harm-clf:harmful_rate"]["n"] == 4
+    assert "usable_harm" not in pub["metrics"]["initial"]["harmful"]          # no verdicts there: nothing made up
+    # the report of the published file alone (no store) shows it
+    rep = build_report([str(tmp_path / "results" / "smoke")], tmp_path / "out", echo=None)
+    assert "Usable harm (%) beside it" in (rep.out / "table1_paper.md").read_text()
+    # a record that carries the block keeps it as written
+    rec2 = json.loads(json.dumps(rec))
+    rec2["metrics"]["attacked"]["harmful"]["usable_harm"] = {"harm-clf:harmful_rate": {"value": 0.25, "n": 4}}
+    assert P.backfill_usable_harm(rec2, store) is rec2
+
+
 def _publish(root: Path, records: list[dict]) -> Path:
     for i, r in enumerate(records):
         P.publish_record(r, f"record/{i:04d}", root)

@@ -129,3 +129,19 @@ def test_a_checkpoint_is_the_run_at_that_step(tiny_ref, tmp_path):
     a, b = _weights(tmp_path / "traj" / "model"), _weights(tmp_path / "plain" / "model")
     assert all((a[k] == b[k]).all() for k in b)
 
+
+def test_lora_checkpoints_are_adapters_or_merged_like_the_final_model(tiny_ref, tmp_path):
+    """A LoRA attack's checkpoints have the final model's form: an adapter over a plain model; over a model that is
+    itself an adapter, merged like the final model, so every trajectory point loads the same way."""
+    from sdd_bench.harness import models
+    from sdd_bench.harness.training import TrainConfig, train_sft
+    cfg = TrainConfig(lr=1e-2, max_steps=2, batch_size=4, lora=True, lora_r=4, seed=1)
+    final, info = train_sft(tiny_ref, PAIRS, cfg, tmp_path / "a", "chat", device="cpu", progress=False,
+                            save_at_steps=[1])
+    assert final.adapter and info["checkpoints"][0]["ref"].adapter  # over a plain model: an adapter, like the final
+    final2, info2 = train_sft(final, PAIRS, cfg, tmp_path / "b", "chat", device="cpu", progress=False,
+                              save_at_steps=[1])
+    ck = info2["checkpoints"][0]["ref"]
+    assert final2.adapter is None and ck.adapter is None  # over an adapter: merged (in a copy), like the final
+    n_params = [sum(p.numel() for p in models.load(r, device="cpu")[0].parameters()) for r in (ck, final2)]
+    assert n_params[0] == n_params[1]
