@@ -441,7 +441,6 @@ def capability_mean(cap: dict, normalised: bool = False) -> Obs | None:
 
 XSTEST_REFUSAL = "xstest:refusal_rate"   # over-refusal on XSTest safe prompts (lower is better)
 USABLE_HARM = "usable_harm_rate"          # harmful ∧ coherent ∧ relevant, per item (harness.metrics.usable_harmful)
-from sdd_bench.harness.metrics import HARM_JUDGE  # noqa: E402  (which judge's label is "harmful")
 
 
 def _store_root(source: str):
@@ -695,7 +694,7 @@ def sweep_groups(res: Results) -> list[tuple[Setting, str, list[Setting]]]:
     out = []
     for d in res.defended:
         mine = [s for s in res.attacked if s.defended == d]
-        for kind in ("mft", "bft", "poison", "ablation"):
+        for kind in KIND_LABEL:  # every attack kind, in the label table's order
             group = [s for s in mine if s.attack_kind == kind]
             if group:
                 out.append((d, f"all {KIND_LABEL[kind]} attacks", group))
