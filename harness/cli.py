@@ -32,7 +32,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default=os.environ.get("SDD_BENCH_WORKDIR", "runs"),
                    help="artifact store directory (default ./runs or $SDD_BENCH_WORKDIR)")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 …")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (ours, transformers' and datasets'; lm-eval's have no switch)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     # library deprecation notices (transformers' gradient_checkpointing → activation_checkpointing renames, raised
     # inside Trainer) say nothing to a benchmark user; our own calls use the current names
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|trl)(\..*)?$")
+    quiet = getattr(args, "quiet", False)
+    if quiet:  # also the libraries' own bars (transformers' "Loading weights", datasets' maps); restored on return,
+        import datasets  # since main() also runs in-process (tests)
+        from transformers.utils import logging as hf_logging
+        bars = (hf_logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled())
+        hf_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
     try:
         return int(COMMANDS[args.cmd](args) or 0)
     except SddBenchError as err:
@@ -116,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         print("sdd-bench: interrupted; finished stages are kept in the store, unfinished ones were discarded.",
               file=sys.stderr)
         return 130
+    finally:
+        if quiet:
+            if bars[0]:
+                hf_logging.enable_progress_bar()
+            if bars[1]:
+                datasets.enable_progress_bars()
 
 
 def cmd_ls(args) -> int:

@@ -118,7 +118,13 @@ def test_run_with_a_budget_runs_each_config_and_prints_the_worst_case(tmp_path, 
     assert main(["run", "--profile", "tiny", "--attack", "beavertails-10", "--attacker-budget", "small",
                  "--n-harmful", "4", "--n-benign", "2", "--n-xstest", "0", "--judges", "keyword", "--quiet",
                  "--workdir", str(tmp_path / "w")]) == 0
-    out = capsys.readouterr().out
+    cap = capsys.readouterr()
+    out = cap.out
+    # --quiet silences transformers' and datasets' bars too (lm-eval's own have no switch)
+    assert not [b for b in ("Loading weights", "Generating ", "Map") if b in cap.err], cap.err[-2000:]
+    import datasets
+    from transformers.utils import logging as hf_logging
+    assert hf_logging.is_progress_bar_enabled() and datasets.is_progress_bar_enabled()  # and gives them back
     assert "attacker budget 'small': 2 attack configurations" in out and "[2/2] attack beavertails-10" in out
     line = next(x for x in out.splitlines() if x.startswith("none: "))
     assert "worst over 2 configurations" in line and "capability-bounded" in line and "verdict" in line
