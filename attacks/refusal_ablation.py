@@ -40,6 +40,10 @@ Steps, each with its source:
    every ``mlp.down_proj`` (and their biases, if any), in float64, then saved in float32.  A LoRA
    adapter on the input model is merged first.
 
+Steps 2–4 are a cached stage of their own (``ablation-search``, keyed by the model, the prompts and every
+option but ``require_filtered``), so the fallback rerun after a strict run that found nothing does not score
+every candidate again.
+
 Deviations, knowingly:
 
 * Our data (BeaverTails attack partition / AdvBench, Alpaca-GPT4) replace the authors' splits
@@ -65,6 +69,7 @@ filtering, and the largest residual component left in any edited weight.  ``step
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -75,6 +80,7 @@ from typing import ClassVar
 from sdd_bench.harness import data
 from sdd_bench.harness.config import build, param, to_dict
 from sdd_bench.harness.errors import ConfigError, SddBenchError
+from sdd_bench.harness.store import dumps_strict, write_json
 
 HARMFUL_SOURCES = ("beavertails-attack", "advbench")  # attack-side harmful prompts only (DESIGN §10)
 HARMLESS_SOURCES = ("alpaca-gpt4-1k", "dolly-1k")
@@ -127,10 +133,14 @@ class RefusalAblation:
                # candidates) on CPU; sizes, not semantics
                "smoke": {"n_val": 16}, "paper": {}}
     kind = "ablation"
-    needs_store = False
+    # The direction search (steps 2–4) is its own cached stage, ``ablation-search``, keyed without
+    # ``require_filtered``: a run that stops because no candidate passes the filters keeps the scores, and the
+    # ``require_filtered: false`` rerun starts from them instead of scoring every candidate again (≈ 20 min on smoke).
+    needs_store = True
 
     def __init__(self, cfg: AblationConfig, name: str = "refusal-ablation", profile: str = "smoke"):
         self.cfg, self.name, self.profile = cfg, name, profile
+        self._store, self._log = None, print
         if not [w for w in cfg.refusal_words if w.strip()]:
             raise ConfigError(f"attack {name!r}: refusal_words is empty; give at least one word, e.g. "
                               f"refusal_words=[I, As].")
@@ -170,10 +180,25 @@ class RefusalAblation:
                 **{k: len(v) for k, v in s.items()}}
         return rows, info
 
+    def _fingerprints(self) -> list:
+        c = self.cfg
+        return data.get(c.harmful_dataset).fingerprints() + data.get(c.harmless_dataset).fingerprints()
+
     def spec(self) -> dict:
         c = self.cfg
         return {"attack": self.name, "version": VERSION, "config": to_dict(c), "resolved": c.resolved(),
-                "data": data.get(c.harmful_dataset).fingerprints() + data.get(c.harmless_dataset).fingerprints()}
+                "data": self._fingerprints()}
+
+    def search_spec(self, template: str, seed: int) -> dict:
+        """Key of the direction search: everything that decides the candidates' scores (not ``require_filtered``,
+        which only decides what happens when none passes, nor the attack's name)."""
+        cfg = {k: v for k, v in to_dict(self.cfg).items() if k != "require_filtered"}
+        return {"search": "refusal direction (Arditi et al. 2024)", "version": VERSION, "config": cfg,
+                "data": self._fingerprints(), "template": template, "seed": seed}
+
+    def prepare(self, store, device: str = "auto", progress: bool = True, log=print) -> None:
+        """Keep the store for the cached direction search (the pipeline calls this before ``attack``)."""
+        self._store, self._log = store, log
 
     # -- the attack -------------------------------------------------------------------------
     def attack(self, ref, out_dir, template: str, seed: int, device: str = "auto", progress: bool = True):
@@ -185,31 +210,32 @@ class RefusalAblation:
         model, tok = models.load(ref, device=device, dtype="float32", merge_adapter=True)
         side, tok.padding_side = tok.padding_side, "left"
         blocks = residual_writers(model)
-        s = self.split(seed)
         enc = _Encoder(tok, template, self.cfg.batch_size)
         eoi = enc.eoi_tokens()
         n_pos = min(len(eoi), self.cfg.positions or len(eoi))
         refusal_ids = sorted({tok(w, add_special_tokens=False)["input_ids"][0] for w in self.cfg.refusal_words
                               if w.strip()})
-        counts = {k: len(v) for k, v in s.items()}
-        if self.cfg.filter_prompts:
-            for k, keep in (("harmful_train", 1), ("harmless_train", -1), ("harmful_val", 1), ("harmless_val", -1)):
-                sc = refusal_scores(model, enc, s[k], refusal_ids)
-                s[k] = [p for p, v in zip(s[k], sc.tolist()) if v * keep > 0]
-                if not s[k]:
-                    raise SddBenchError(f"attack {self.name!r}: no {k.replace('_', ' ')} prompt survives the refusal "
-                                        f"filter ({'none refused' if keep > 0 else 'all refused'} by this model); "
-                                        f"use --attack-opt filter_prompts=false or more prompts (n_train / n_val).")
-        kept = {k: len(v) for k, v in s.items()}
-        cands = mean_diffs(model, enc, s["harmful_train"], s["harmless_train"], n_pos)  # [pos, layer, d] float64
-        sel = select_direction(model, enc, s["harmful_val"], s["harmless_val"], cands, refusal_ids, self.cfg)
+        if self._store is None:  # called outside the pipeline (no prepare): the search is not cached
+            found = self.search(model, enc, seed, n_pos, refusal_ids)
+        else:
+            def fn(tmp):
+                f = self.search(model, enc, seed, n_pos, refusal_ids)
+                torch.save(f.pop("candidates_tensor"), tmp / "candidates.pt")
+                write_json(tmp / "search.json", f)
+            art, hit = self._store.run("ablation-search", self.search_spec(template, seed), [ref.identity()], fn)
+            self._log(f"  direction search: {'cache hit' if hit else 'scored'} -> {art.ref()}")
+            found = json.loads((art.path / "search.json").read_text())
+            found["candidates_tensor"] = torch.load(art.path / "candidates.pt")
+        cands, sel, counts, kept = (found[k] for k in ("candidates_tensor", "selection", "prompts",
+                                                       "prompts_after_filter"))
         if sel["fallback"] and self.cfg.require_filtered:
             raise SddBenchError(f"attack {self.name!r}: no candidate direction passed the filters (KL ≤ "
                                 f"{self.cfg.kl_threshold}, induced refusal ≥ {self.cfg.induce_refusal_threshold}, "
                                 f"first {1 - self.cfg.prune_layer_percentage:.0%} of layers); the authors' code stops "
-                                f"here too. Use --attack-opt require_filtered=false to take the best non-pruned layer, "
-                                f"or relax kl_threshold / induce_refusal_threshold.")
-        direction = cands[sel["index"], sel["layer"]]
+                                f"here too. Use --attack-opt require_filtered=false to take the best non-pruned layer "
+                                f"(the scores are kept: that run starts from them), or relax kl_threshold / "
+                                f"induce_refusal_threshold.")
+        direction = cands[sel["index"], sel["layer"]].to(model.device)
         orthogonalize(model, direction)
         residual = max_component(model, direction)
         ckpt = out_dir / "model"
@@ -232,8 +258,30 @@ class RefusalAblation:
                            "merged_adapter": ref.adapter is not None},
                 "max_residual_component_after": residual, "steps": 0, "examples_seen": 0, "distinct_examples": 0,
                 "template": template, "seconds": time.time() - t0}
+        if self._store is not None:
+            info["search_artifact"] = art.ref()
         del model
         return new, info
+
+    def search(self, model, enc, seed: int, n_pos: int, refusal_ids: list[int]) -> dict:
+        """Steps 2–4: filter the prompts, form the candidates, score and select.  Returns the candidates tensor and
+        a JSON-ready dict (the same values whether or not it went through the store)."""
+        s = self.split(seed)
+        counts = {k: len(v) for k, v in s.items()}
+        if self.cfg.filter_prompts:
+            for k, keep in (("harmful_train", 1), ("harmless_train", -1), ("harmful_val", 1), ("harmless_val", -1)):
+                sc = refusal_scores(model, enc, s[k], refusal_ids)
+                s[k] = [p for p, v in zip(s[k], sc.tolist()) if v * keep > 0]
+                if not s[k]:
+                    raise SddBenchError(f"attack {self.name!r}: no {k.replace('_', ' ')} prompt survives the refusal "
+                                        f"filter ({'none refused' if keep > 0 else 'all refused'} by this model); "
+                                        f"use --attack-opt filter_prompts=false or more prompts (n_train / n_val).")
+        kept = {k: len(v) for k, v in s.items()}
+        cands = mean_diffs(model, enc, s["harmful_train"], s["harmless_train"], n_pos)  # [pos, layer, d] float64
+        sel = select_direction(model, enc, s["harmful_val"], s["harmless_val"], cands, refusal_ids, self.cfg)
+        found = json.loads(dumps_strict({"selection": sel, "prompts": counts, "prompts_after_filter": kept}))
+        found["candidates_tensor"] = cands.cpu()
+        return found
 
 
 # ------------------------------------------------------------------------------------------
@@ -327,7 +375,8 @@ def last_logits(model, enc: _Encoder, prompts: list[str]):
     with torch.no_grad():
         for b in enc.batches(prompts):
             b = b.to(model.device)
-            out.append(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, -1, :].double())
+            out.append(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], logits_to_keep=1  # the
+                             ).logits[:, -1, :].double())  # LM head on the last position only (SmolLM2: ~1/5 of a pass)
     return torch.cat(out)
 
 
@@ -360,8 +409,8 @@ def mean_diffs(model, enc: _Encoder, harmful: list[str], harmless: list[str], n_
         with torch.no_grad():
             for b in enc.batches(prompts):
                 b = b.to(model.device)
-                hs = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True
-                           ).hidden_states  # hs[l] is the input of block l for l < n_layers
+                hs = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True,
+                           logits_to_keep=1).hidden_states  # hs[l] is the input of block l for l < n_layers
                 x = torch.stack([hs[l][:, -n_pos:, :] for l in range(n_layers)], dim=2).double().sum(0)
                 acc = x if acc is None else acc + x
         return acc / len(prompts)

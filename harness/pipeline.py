@@ -316,8 +316,8 @@ def preflight(r: Resolved) -> tuple[dict, dict, dict]:
         if d is not None and not getattr(d, "identity", False) and hasattr(d, "build_data"):
             built[role] = d.build_data(r.spec.seed)
     if r.attack is not None:
-        if getattr(r.attack, "needs_store", False):  # donor-built responses: check their inputs now
-            r.attack.preflight()
+        if getattr(r.attack, "needs_store", False) and hasattr(r.attack, "preflight"):  # donor-built responses:
+            r.attack.preflight()  # check their inputs now
         else:
             built["attack"] = r.attack.build_data(attack_seed(r.attack, r.spec.seed))
         if r.attack.cfg.dataset in FA_FOR_DATASET:

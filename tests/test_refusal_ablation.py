@@ -135,6 +135,29 @@ def test_strict_selection_names_the_option(store_mod, tiny_mod, tmp_path):
         a.attack(tiny_mod, tmp_path, "chat", 0, device="cpu", progress=False)
 
 
+def test_a_strict_run_that_stops_keeps_the_search_for_the_fallback(tiny_mod, tmp_path):
+    """require_filtered=true stops (tiny's random model has no refusal direction), but the direction search is its own
+    cached stage: the require_filtered=false rerun starts from it and selects what an uncached search selects."""
+    from sdd_bench.harness.errors import SddBenchError
+    from sdd_bench.harness.store import Store
+    store = Store(tmp_path / "s")
+    strict, loose = (pipeline.resolve(_spec(attack="refusal-ablation", attack_options={"require_filtered": v})).attack
+                     for v in (True, False))
+    logs = []
+    with pytest.raises(SddBenchError, match="scores are kept"):
+        pipeline.attack_stage(store, tiny_mod, strict, "chat", 0, "cpu", False, logs.append)
+    assert any("direction search: scored" in m for m in logs)
+    assert not (store.root / "attack").exists() or not list((store.root / "attack").glob("*/COMPLETE"))
+    logs = []
+    _, info, _ = pipeline.attack_stage(store, tiny_mod, loose, "chat", 0, "cpu", False, logs.append)
+    assert any("direction search: cache hit" in m for m in logs) and "trained" in logs[-1]
+    assert info["selection"]["fallback"] and info["search_artifact"].startswith("ablation-search/")
+    fresh = pipeline.resolve(_spec(attack="refusal-ablation", attack_options={"require_filtered": False})).attack
+    _, info2 = fresh.attack(tiny_mod, tmp_path / "uncached", "chat", 0, device="cpu", progress=False)
+    assert info2["candidates"] == info["candidates"] and info2["layer"] == info["layer"]
+    assert strict.search_spec("chat", 0) == loose.search_spec("chat", 0) != loose.search_spec("chat", 1)
+
+
 def test_lora_adapted_model_is_merged_first(store_mod, tiny_mod, tmp_path):
     from peft import LoraConfig, get_peft_model
     model, tok = models.load(tiny_mod, device="cpu")
