@@ -74,6 +74,16 @@ class Setting:
         return self.attack + (f" [{self.attack_options}]" if self.attack_options else "")
 
     @property
+    def budget_variant(self) -> bool:
+        """Whether the attack sets an attacker-budget axis other than its lr (harness/budget.py: LoRA, warm-up,
+        optimizer, steps, attack seed).  Such a cell is one configuration of an attacker's sweep: it counts in
+        worst_case's ``attacker sweep`` group and the all-attacks worst case, not as a Table 1 column, an lr-sweep
+        line or a point of the harm-vs-N figure (where it would sit beside the recipe's own cell at the same N)."""
+        from sdd_bench.harness.budget import OPTIONS
+        axes = set(OPTIONS) - {"lr"}
+        return any(o.split("=", 1)[0] in axes for o in self.attack_options.split(",") if o)
+
+    @property
     def sweep_key(self) -> tuple:
         """Attacks that differ only in learning rate share this key (an lr sweep)."""
         return (self.attack, self.attack_dataset, self.attack_n, self.attack_epochs, self.attack_lora)
@@ -700,7 +710,8 @@ def sweep_groups(res: Results) -> list[tuple[Setting, str, list[Setting]]]:
                 out.append((d, f"all {KIND_LABEL[kind]} attacks", group))
         sweeps: dict[tuple, list[Setting]] = {}
         for s in mine:
-            sweeps.setdefault(s.sweep_key, []).append(s)
+            if not s.budget_variant:
+                sweeps.setdefault(s.sweep_key, []).append(s)
         for key, group in sweeps.items():
             if len({s.attack_lr for s in group}) > 1:
                 out.append((d, f"lr sweep: {key[0]}", sorted(group, key=lambda s: s.attack_lr or 0.0)))

@@ -159,7 +159,7 @@ def harm_vs_n(res: Results, out: Path, log: Callable[[str], None] | None = None)
     panels: dict[str, Series] = {}
     for s in res.attacked:
         if s.attack_kind == "mft" and s.attack_dataset in HARMFUL_DATASETS and s.attack_n and \
-                res.get(s, metric.key) is not None:
+                not s.budget_variant and res.get(s, metric.key) is not None:
             lr = f"lr={s.attack_lr:g}" if s.attack_lr is not None else ""
             title = f"{s.attack_dataset}, {lr}, {short_model(s.model, s.profile)}"
             panels.setdefault(title, {}).setdefault((s.defense_label, s.attack_epochs), []).append((s.attack_n, s))

@@ -255,7 +255,9 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
                        f"'{DASH}': no record for that cell. Over-refusal: keyword refusal rate on XSTest safe prompts "
                        "of the defended model (lower is better).", ""]
     for (model, profile), defended in _by_backbone(res.defended).items():
-        cols = [s for s in res.attacked if s.model == model and s.profile == profile and s.attack_kind == "mft"]
+        mft = [s for s in res.attacked if s.model == model and s.profile == profile and s.attack_kind == "mft"]
+        cols = [s for s in mft if not s.budget_variant]  # attacker-budget configurations: worst_case.md
+        n_budget = len({s.attack_label for s in mft if s.budget_variant})
         lrs = {s.attack_lr for s in cols}
         show_lr = len(lrs) > 1  # one lr for every column: said once, under the heading
         col_name = lambda s: _column_name(s, show_lr)  # noqa: E731
@@ -284,7 +286,10 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
             rows.append(row)
             html_rows.append(shown)
         lr_line = f"Every attack at lr={next(iter(lrs)):g}. " if len(lrs) == 1 and None not in lrs else ""
-        lines += [f"## {short_model(model)} ({profile} profile)", "", lr_line + _sizes_line(sizes), ""]
+        budget_line = (f" {n_budget} attacker-budget configuration{'s' if n_budget > 1 else ''} (LoRA, warm-up, "
+                       f"optimizer, steps or attack seed varied) {'are' if n_budget > 1 else 'is'} not a column here: "
+                       f"see worst_case.md, group 'attacker sweep'." if n_budget else "")
+        lines += [f"## {short_model(model)} ({profile} profile)", "", lr_line + _sizes_line(sizes) + budget_line, ""]
         lines += _md_table(header, body) + [""]
         if any(res.get(x, A.USABLE_HARM) is not None for x in defended + cols):
             ubody, usizes = [], set()

@@ -128,3 +128,35 @@ def test_run_with_a_budget_runs_each_config_and_prints_the_worst_case(tmp_path, 
     assert "attacker budget 'small': 2 attack configurations" in out and "[2/2] attack beavertails-10" in out
     line = next(x for x in out.splitlines() if x.startswith("none: "))
     assert "worst over 2 configurations" in line and "capability-bounded" in line and "verdict" in line
+
+
+def test_budget_configurations_stay_out_of_table1_lr_sweeps_and_harm_vs_n(tmp_path, monkeypatch):
+    """A LoRA or warm-up configuration of the recipe's attack is one attacker's sweep: worst_case.md's 'attacker
+    sweep' group has it, while Table 1's columns, the lr-sweep group and the harm-vs-N lines keep the recipe's cells
+    (a LoRA cell at N=100 beside the recipe's own N=100 is no point of a harm-vs-N line)."""
+    from sdd_bench.leaderboards import figures
+    from test_leaderboards import make_record, read_csv, report
+    recs = [make_record("sdd", "advbench-100", harm=0.6), make_record("sdd", "advbench-100", lr=2e-4, harm=0.7,
+                                                                      attack_options={"lr": 2e-4}),
+            make_record("sdd", "advbench-10", n=10, harm=0.3),
+            make_record("sdd", "advbench-100", attack_options={"lora": True}, harm=0.9),
+            make_record("sdd", "advbench-100", lr=2e-4, attack_options={"lr": 2e-4, "warmup_ratio": 0.1}, harm=0.8),
+            make_record("sdd", "none")]
+    drawn = {}
+    real = figures._line_panels
+
+    def spy(res, quantities, panels, *a, **k):
+        drawn.setdefault(a[0], panels)
+        return real(res, quantities, panels, *a, **k)
+    monkeypatch.setattr(figures, "_line_panels", spy)
+    rep = report(tmp_path, recs)
+    t1 = (rep.out / "table1_paper.md").read_text()
+    assert "lora=True" not in t1 and "warmup_ratio" not in t1 and "(100-shot, lr=0.0002)" in t1
+    assert "2 attacker-budget configurations" in t1 and "group 'attacker sweep'" in t1
+    groups = {r["group"]: r for r in read_csv(rep.out / "worst_case.csv") if r["metric"].startswith("harm-clf")}
+    assert groups["lr sweep: advbench-100"]["n_cells"] == "2"
+    assert groups["attacker sweep: advbench-100"]["n_cells"] == "4" and "lora=True" in \
+        groups["attacker sweep: advbench-100"]["worst_cell"]
+    points = [x for ser in drawn["malicious fine-tuning samples N (log)"].values() for pts in ser.values()
+              for x, _ in pts]
+    assert sorted(points) == [10, 100]  # the recipe's two N at lr 5e-5; no LoRA / warm-up point at N=100
