@@ -40,9 +40,10 @@ Steps, each with its source:
    every ``mlp.down_proj`` (and their biases, if any), in float64, then saved in float32.  A LoRA
    adapter on the input model is merged first.
 
-Steps 2–4 are a cached stage of their own (``ablation-search``, keyed by the model, the prompts and every
-option but ``require_filtered``), so the fallback rerun after a strict run that found nothing does not score
-every candidate again.
+Steps 2–4 up to the filters are a cached stage of their own (``ablation-search``: the candidates and their three
+scores, keyed by the model, the prompts and every option except the selection's ``kl_threshold``,
+``induce_refusal_threshold``, ``prune_layer_percentage`` and ``require_filtered``), so rerunning with other filters
+(or the fallback after a strict run that found nothing) re-filters the cached scores instead of scoring again.
 
 Deviations, knowingly:
 
@@ -189,10 +190,12 @@ class RefusalAblation:
         return {"attack": self.name, "version": VERSION, "config": to_dict(c), "resolved": c.resolved(),
                 "data": self._fingerprints()}
 
+    SELECTION_ONLY = ("kl_threshold", "induce_refusal_threshold", "prune_layer_percentage", "require_filtered")
+
     def search_spec(self, template: str, seed: int) -> dict:
-        """Key of the direction search: everything that decides the candidates' scores (not ``require_filtered``,
-        which only decides what happens when none passes, nor the attack's name)."""
-        cfg = {k: v for k, v in to_dict(self.cfg).items() if k != "require_filtered"}
+        """Key of the direction search: everything that decides the candidates and their scores; not the options
+        that only filter and pick among scored candidates (``SELECTION_ONLY``), nor the attack's name."""
+        cfg = {k: v for k, v in to_dict(self.cfg).items() if k not in self.SELECTION_ONLY}
         return {"search": "refusal direction (Arditi et al. 2024)", "version": VERSION, "config": cfg,
                 "data": self._fingerprints(), "template": template, "seed": seed}
 
@@ -226,8 +229,8 @@ class RefusalAblation:
             self._log(f"  direction search: {'cache hit' if hit else 'scored'} -> {art.ref()}")
             found = json.loads((art.path / "search.json").read_text())
             found["candidates_tensor"] = torch.load(art.path / "candidates.pt")
-        cands, sel, counts, kept = (found[k] for k in ("candidates_tensor", "selection", "prompts",
-                                                       "prompts_after_filter"))
+        cands, counts, kept = (found[k] for k in ("candidates_tensor", "prompts", "prompts_after_filter"))
+        sel = choose(found["scores"], self.cfg)
         if sel["fallback"] and self.cfg.require_filtered:
             raise SddBenchError(f"attack {self.name!r}: no candidate direction passed the filters (KL ≤ "
                                 f"{self.cfg.kl_threshold}, induced refusal ≥ {self.cfg.induce_refusal_threshold}, "
@@ -264,8 +267,8 @@ class RefusalAblation:
         return new, info
 
     def search(self, model, enc, seed: int, n_pos: int, refusal_ids: list[int]) -> dict:
-        """Steps 2–4: filter the prompts, form the candidates, score and select.  Returns the candidates tensor and
-        a JSON-ready dict (the same values whether or not it went through the store)."""
+        """Steps 2–4 up to the filters: filter the prompts, form the candidates, score them.  Returns the candidates
+        tensor and a JSON-ready dict (the same values whether or not it went through the store); ``choose`` picks."""
         s = self.split(seed)
         counts = {k: len(v) for k, v in s.items()}
         if self.cfg.filter_prompts:
@@ -278,8 +281,8 @@ class RefusalAblation:
                                         f"use --attack-opt filter_prompts=false or more prompts (n_train / n_val).")
         kept = {k: len(v) for k, v in s.items()}
         cands = mean_diffs(model, enc, s["harmful_train"], s["harmless_train"], n_pos)  # [pos, layer, d] float64
-        sel = select_direction(model, enc, s["harmful_val"], s["harmless_val"], cands, refusal_ids, self.cfg)
-        found = json.loads(dumps_strict({"selection": sel, "prompts": counts, "prompts_after_filter": kept}))
+        scored = score_candidates(model, enc, s["harmful_val"], s["harmless_val"], cands, refusal_ids)
+        found = json.loads(dumps_strict({"scores": scored, "prompts": counts, "prompts_after_filter": kept}))
         found["candidates_tensor"] = cands.cpu()
         return found
 
@@ -417,49 +420,68 @@ def mean_diffs(model, enc: _Encoder, harmful: list[str], harmless: list[str], n_
     return mean(harmful) - mean(harmless)
 
 
-def select_direction(model, enc, harmful_val, harmless_val, cands, refusal_ids, cfg: AblationConfig) -> dict:
-    """Score every candidate (refusal under ablation, KL under ablation, refusal under addition), filter, pick."""
+def score_candidates(model, enc, harmful_val, harmless_val, cands, refusal_ids) -> dict:
+    """Every candidate's three scores (refusal under ablation, KL under ablation, refusal under addition) and the
+    baselines; no filter applied (``choose`` does that), so these scores can be cached and re-filtered."""
     n_pos, n_layers, _ = cands.shape
     base_harmful = refusal_scores(model, enc, harmful_val, refusal_ids).mean().item()
     base_harmless_logits = last_logits(model, enc, harmless_val)
     base_harmless = refusal_score(base_harmless_logits, refusal_ids).mean().item()
-    cut = int(n_layers * (1.0 - cfg.prune_layer_percentage))
     rows = []
     for p in range(n_pos):
         for layer in range(n_layers):
             d = cands[p, layer].to(model.device)
             if not float(d.norm()) > 0:  # e.g. layer 0 at a template token: the same embedding for every prompt
                 rows.append({"position": p - n_pos, "layer": layer, "refusal_score": None, "steering_score": None,
-                             "kl_div_score": None, "passed": False, "filtered_by": ["zero direction"]})
+                             "kl_div_score": None, "zero": True})
                 continue
             with hooks(model, ablate=d):
                 ablated = refusal_scores(model, enc, harmful_val, refusal_ids).mean().item()
                 kl = kl_div(base_harmless_logits, last_logits(model, enc, harmless_val)).mean().item()
             with hooks(model, add=(layer, d)):
                 steer = refusal_scores(model, enc, harmless_val, refusal_ids).mean().item()
-            why = []
-            if any(math.isnan(v) for v in (ablated, kl, steer)):
-                why.append("nan")
-            if layer >= cut:
-                why.append("pruned layer")
-            if kl > cfg.kl_threshold:
-                why.append("kl")
-            if steer < cfg.induce_refusal_threshold:
-                why.append("steering")
             rows.append({"position": p - n_pos, "layer": layer, "refusal_score": ablated, "steering_score": steer,
-                         "kl_div_score": kl, "passed": not why, "filtered_by": why})
+                         "kl_div_score": kl, "zero": False})
+    return {"n_positions": n_pos, "n_layers": n_layers, "baseline_refusal_score_harmful": base_harmful,
+            "baseline_refusal_score_harmless": base_harmless, "rows": rows}
+
+
+def choose(scored: dict, cfg: AblationConfig) -> dict:
+    """The authors' filters (KL ≤ threshold, induced refusal ≥ threshold, not in the pruned last layers) and pick:
+    the lowest ablation refusal score.  With no candidate passing, ``fallback`` is true and the pick is the lowest
+    score among the non-pruned layers (the caller decides whether that is allowed: ``require_filtered``)."""
+    n_pos, n_layers = scored["n_positions"], scored["n_layers"]
+    cut = int(n_layers * (1.0 - cfg.prune_layer_percentage))
+    rows = []
+    for r in scored["rows"]:
+        why = []
+        if r["zero"]:
+            why.append("zero direction")
+        else:
+            vals = (r["refusal_score"], r["kl_div_score"], r["steering_score"])
+            if any(v is None or math.isnan(v) for v in vals):  # NaN (None once stored as JSON)
+                why.append("nan")
+            if r["layer"] >= cut:
+                why.append("pruned layer")
+            if r["kl_div_score"] is not None and r["kl_div_score"] > cfg.kl_threshold:
+                why.append("kl")
+            if r["steering_score"] is not None and r["steering_score"] < cfg.induce_refusal_threshold:
+                why.append("steering")
+        rows.append({k: v for k, v in r.items() if k != "zero"} | {"passed": not why, "filtered_by": why})
     passed = [r for r in rows if r["passed"]]
     fallback = not passed
-    scored = [r for r in rows if r["refusal_score"] is not None and not math.isnan(r["refusal_score"])]
-    pool = passed or [r for r in scored if r["layer"] < cut] or scored
+    scored_ok = [r for r in rows if "zero direction" not in r["filtered_by"] and "nan" not in r["filtered_by"]]
+    pool = passed or [r for r in scored_ok if r["layer"] < cut] or scored_ok
     if not pool:
         raise SddBenchError("refusal-ablation: every candidate direction is zero or gives NaN scores; the harmful and "
                             "harmless prompts do not differ in this model's residual stream (check the model and the "
                             "datasets).")
     best = min(pool, key=lambda r: (r["refusal_score"], r["layer"], r["position"]))
-    return {"index": best["position"] + n_pos, "position": best["position"], "layer": best["layer"], "refusal_score": best["refusal_score"],
-            "steering_score": best["steering_score"], "kl_div_score": best["kl_div_score"],
-            "baseline_refusal_score_harmful": base_harmful, "baseline_refusal_score_harmless": base_harmless,
+    return {"index": best["position"] + n_pos, "position": best["position"], "layer": best["layer"],
+            "refusal_score": best["refusal_score"], "steering_score": best["steering_score"],
+            "kl_div_score": best["kl_div_score"],
+            "baseline_refusal_score_harmful": scored["baseline_refusal_score_harmful"],
+            "baseline_refusal_score_harmless": scored["baseline_refusal_score_harmless"],
             "n_candidates": len(rows), "n_passed": len(passed), "fallback": fallback,
             "filters": {"kl_threshold": cfg.kl_threshold, "induce_refusal_threshold": cfg.induce_refusal_threshold,
                         "prune_layer_percentage": cfg.prune_layer_percentage, "layers_kept_below": cut},

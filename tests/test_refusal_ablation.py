@@ -156,6 +156,17 @@ def test_a_strict_run_that_stops_keeps_the_search_for_the_fallback(tiny_mod, tmp
     _, info2 = fresh.attack(tiny_mod, tmp_path / "uncached", "chat", 0, device="cpu", progress=False)
     assert info2["candidates"] == info["candidates"] and info2["layer"] == info["layer"]
     assert strict.search_spec("chat", 0) == loose.search_spec("chat", 0) != loose.search_spec("chat", 1)
+    # other filters re-filter the cached scores: no candidate is scored again, and the filters decide what passes
+    relaxed = pipeline.resolve(_spec(attack="refusal-ablation", attack_options={
+        "require_filtered": True, "kl_threshold": 1e9, "induce_refusal_threshold": -1e9, "prune_layer_percentage": 0.0})).attack
+    logs = []
+    _, info3, _ = pipeline.attack_stage(store, tiny_mod, relaxed, "chat", 0, "cpu", False, logs.append)
+    assert any("direction search: cache hit" in m for m in logs)
+    assert not info3["selection"]["fallback"] and info3["selection"]["n_passed"] > 0
+    assert [(c["refusal_score"], c["kl_div_score"]) for c in info3["candidates"]] == \
+        [(c["refusal_score"], c["kl_div_score"]) for c in info["candidates"]]
+    assert all(c["passed"] == (c["layer"] < info3["selection"]["filters"]["layers_kept_below"]
+                               and c["refusal_score"] is not None) for c in info3["candidates"])
 
 
 def test_lora_adapted_model_is_merged_first(store_mod, tiny_mod, tmp_path):
