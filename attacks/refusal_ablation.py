@@ -134,10 +134,7 @@ class RefusalAblation:
                # candidates) on CPU; sizes, not semantics
                "smoke": {"n_val": 16}, "paper": {}}
     kind = "ablation"
-    # The direction search (steps 2–4) is its own cached stage, ``ablation-search``, keyed without
-    # ``require_filtered``: a run that stops because no candidate passes the filters keeps the scores, and the
-    # ``require_filtered: false`` rerun starts from them instead of scoring every candidate again (≈ 20 min on smoke).
-    needs_store = True
+    needs_store = True  # the candidates' scores are a cached stage of their own (``ablation-search``: module docstring)
 
     def __init__(self, cfg: AblationConfig, name: str = "refusal-ablation", profile: str = "smoke"):
         self.cfg, self.name, self.profile = cfg, name, profile
@@ -378,8 +375,9 @@ def last_logits(model, enc: _Encoder, prompts: list[str]):
     with torch.no_grad():
         for b in enc.batches(prompts):
             b = b.to(model.device)
-            out.append(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], logits_to_keep=1  # the
-                             ).logits[:, -1, :].double())  # LM head on the last position only (SmolLM2: ~1/5 of a pass)
+            # logits_to_keep=1: the LM head on the last position only (SmolLM2: ~1/4 of a pass saved, same logits)
+            out.append(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], logits_to_keep=1
+                             ).logits[:, -1, :].double())
     return torch.cat(out)
 
 
