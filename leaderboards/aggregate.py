@@ -170,7 +170,7 @@ def git_of(record: dict) -> str:
 # the long table: every number of every record, one row each
 LONG_COLUMNS = ["model", "profile", "defense", "base_defense", "defense_options", "attack", "attack_kind",
                 "attack_dataset", "attack_n", "attack_lr", "attack_epochs", "attack_lora", "attack_options", "template",
-                "seed", "git", "condition", "eval_set", "metric", "value", "ci_lo", "ci_hi", "n", "invalid",
+                "seed", "git", "condition", "eval_set", "metric", "value", "ci_lo", "ci_hi", "ci_method", "n", "invalid",
                 "direction", "judge", "source"]
 
 
@@ -188,6 +188,19 @@ def _stderr_ci(value, se) -> tuple[float | None, float | None]:
     return value - Z95 * se, value + Z95 * se
 
 
+def _long_ci(value, n, record_ci, is_rate: bool) -> tuple[float | None, float | None, str]:
+    """One seed's 95% CI for ``long.csv``, the same interval the tables give a single seed
+    (:func:`sdd_bench.harness.metrics.interval`): Wilson on the items for a share of items (``*_rate``, a task's
+    accuracy), so a number never appears with two different intervals; otherwise the record's own CI (the
+    judge's bootstrap over prompts, e.g. a mean probability or relevance score)."""
+    from sdd_bench.harness.metrics import wilson_ci
+    if is_rate and value is not None and n:
+        lo, hi = wilson_ci(float(value) * int(n), int(n))
+        return lo, hi, "Wilson"
+    lo, hi = record_ci or [None, None]
+    return lo, hi, ("record" if lo is not None else "none")
+
+
 def long_rows(loaded: Iterable[Loaded]) -> list[dict]:
     rows = []
     for item in loaded:
@@ -201,22 +214,26 @@ def long_rows(loaded: Iterable[Loaded]) -> list[dict]:
                 for name, agg in (m.get(eval_set) or {}).items():
                     if not (isinstance(agg, dict) and "value" in agg):
                         continue
-                    ci = agg.get("ci95") or [None, None]
+                    lo, hi, how = _long_ci(agg["value"], agg.get("n"), agg.get("ci95"), name.endswith("_rate"))
                     rows.append(dict(base, condition=cond, eval_set=eval_set, metric=name, value=agg["value"],
-                                     ci_lo=ci[0], ci_hi=ci[1], n=agg.get("n"), invalid=agg.get("invalid"),
+                                     ci_lo=lo, ci_hi=hi, ci_method=how, n=agg.get("n"), invalid=agg.get("invalid"),
                                      direction=agg.get("direction"), judge=agg.get("judge")))
             for task, res in ((m.get("capability") or {}).get("tasks") or {}).items():
                 primary = res.get("primary", "acc")
-                lo, hi = _stderr_ci(res.get("value"), res.get(f"{primary}_stderr"))
+                if res.get("n"):
+                    lo, hi, how = _long_ci(res.get("value"), res["n"], None, True)
+                else:  # no item count: lm-eval's stderr, as capability_mean reads it
+                    lo, hi = _stderr_ci(res.get("value"), res.get(f"{primary}_stderr"))
+                    how = "±1.96·stderr" if lo is not None else "none"
                 rows.append(dict(base, condition=cond, eval_set="capability", metric=f"{task}:{primary}",
-                                 value=res.get("value"), ci_lo=lo, ci_hi=hi, n=res.get("n"), invalid=None,
-                                 direction="higher-better", judge="lm-eval"))
+                                 value=res.get("value"), ci_lo=lo, ci_hi=hi, ci_method=how, n=res.get("n"),
+                                 invalid=None, direction="higher-better", judge="lm-eval"))
             fa = m.get("finetune_accuracy")
             if fa:
-                ci = fa.get("ci95") or [None, None]
+                lo, hi, how = _long_ci(fa.get("value"), fa.get("n"), fa.get("ci95"), True)
                 rows.append(dict(base, condition=cond, eval_set="finetune_accuracy", metric=str(fa.get("task")),
-                                 value=fa.get("value"), ci_lo=ci[0], ci_hi=ci[1], n=fa.get("n"), invalid=None,
-                                 direction="higher-better", judge="finetune-accuracy"))
+                                 value=fa.get("value"), ci_lo=lo, ci_hi=hi, ci_method=how, n=fa.get("n"),
+                                 invalid=None, direction="higher-better", judge="finetune-accuracy"))
     return rows
 
 

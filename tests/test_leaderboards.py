@@ -98,6 +98,14 @@ def test_long_csv_one_row_per_number(tmp_path):
     assert (r["model"], r["attack"], r["attack_kind"], r["attack_n"], r["attack_lr"], r["seed"], r["git"]) == \
         ("tiny-a", "advbench-100", "mft", "100", "5e-05", "0", "abc123")
     assert r["direction"] == "lower-safer" and r["judge"] == "harm-clf" and float(r["ci_hi"]) > float(r["ci_lo"])
+    # a share of items carries the interval the tables give one seed (Wilson), not the record's bootstrap,
+    # so one number never appears with two intervals; a mean score keeps the record's own CI
+    from sdd_bench.harness.metrics import wilson_ci
+    assert r["ci_method"] == "Wilson"
+    assert [float(r["ci_lo"]), float(r["ci_hi"])] == pytest.approx(wilson_ci(float(r["value"]) * int(r["n"]), int(r["n"])))
+    assert {x["ci_method"] for x in rows if x["metric"].endswith("_rate") or x["eval_set"] == "capability"} == {"Wilson"}
+    means = [x for x in rows if x["metric"] == "relevance"]
+    assert means and {x["ci_method"] for x in means} == {"record"}
     cap = [r for r in rows if r["eval_set"] == "capability"]
     assert {r["metric"] for r in cap} == {"arc_easy:acc", "piqa:acc_norm"}
     assert any(r["eval_set"] == "finetune_accuracy" and r["metric"] == "fa_sst2" for r in rows)
