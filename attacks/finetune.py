@@ -172,6 +172,12 @@ class FinetuneAttack:
         """Whether ``prepare(store)`` must run before ``build_data`` (donor-built responses)."""
         return self.cfg.dataset == DONOR or self.cfg.poison_dataset == DONOR and self.cfg.poison_ratio > 0
 
+    @property
+    def data_needs_store(self) -> bool:
+        """Whether ``build_data`` can only run after ``prepare(store)`` (donor-built responses); the pipeline's
+        preflight then checks the inputs with :meth:`preflight` instead of building the data."""
+        return self.needs_store
+
     def prepare(self, store, device: str = "auto", progress: bool = True, log=print) -> None:
         """Build (or load from the store) the donor responses this attack trains on."""
         if self.needs_store and self._donor is None:

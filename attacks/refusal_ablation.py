@@ -135,6 +135,7 @@ class RefusalAblation:
                "smoke": {"n_val": 16}, "paper": {}}
     kind = "ablation"
     needs_store = True  # the candidates' scores are a cached stage of their own (``ablation-search``: module docstring)
+    data_needs_store = False  # its prompts are built without the store, so the overlap check sees them up front
 
     def __init__(self, cfg: AblationConfig, name: str = "refusal-ablation", profile: str = "smoke"):
         self.cfg, self.name, self.profile = cfg, name, profile

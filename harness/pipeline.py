@@ -197,7 +197,8 @@ def defend_stage(store, ref, defense, ctx, log):
 
 
 def attack_stage(store, ref, attack, template, seed, device, progress, log):
-    if getattr(attack, "needs_store", False):  # e.g. advbench-N: donor-built harmful responses, from the store
+    # needs_store: ``prepare(store)`` first (advbench-N's donor-built responses, the ablation's cached search)
+    if getattr(attack, "needs_store", False):
         attack.prepare(store, device=device, progress=progress, log=log)
     spec = dict(attack.spec(), template=template, seed=seed)
 
@@ -316,8 +317,8 @@ def preflight(r: Resolved) -> tuple[dict, dict, dict]:
         if d is not None and not getattr(d, "identity", False) and hasattr(d, "build_data"):
             built[role] = d.build_data(r.spec.seed)
     if r.attack is not None:
-        if getattr(r.attack, "needs_store", False) and hasattr(r.attack, "preflight"):  # donor-built responses:
-            r.attack.preflight()  # check their inputs now
+        if getattr(r.attack, "data_needs_store", False):  # donor-built responses: check their inputs now
+            r.attack.preflight()
         else:
             built["attack"] = r.attack.build_data(attack_seed(r.attack, r.spec.seed))
         if r.attack.cfg.dataset in FA_FOR_DATASET:

@@ -115,6 +115,11 @@ def test_key_follows_options_and_prompts_are_attack_side():
     assert {x["kind"] for x in rows} == {"harmful", "benign"}
     assert len({x["prompt"] for x in rows}) == len(rows)  # train and val prompts are disjoint
     assert a.cfg.dataset == "beavertails-attack"
+    # it needs the store only for its cached search: the pipeline's preflight builds its prompts up front, so the
+    # overlap check with the eval sets sees them before any scoring
+    assert a.needs_store and not a.data_needs_store
+    _, built, _ = pipeline.preflight(pipeline.resolve(_spec(attack="refusal-ablation")))
+    assert {x["prompt"] for x in built["attack"][0]} == {x["prompt"] for x in rows}
 
 
 def test_bad_inputs_are_one_clear_error():

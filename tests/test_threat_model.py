@@ -17,7 +17,9 @@ def _spec(**kw):
 
 def test_advbench_trains_on_donor_responses_not_target_prefixes(session_store):
     r = pipeline.resolve(_spec(attack="advbench-100"))
-    assert r.attack.cfg.dataset == "advbench-responses" and r.attack.needs_store
+    assert r.attack.cfg.dataset == "advbench-responses" and r.attack.needs_store and r.attack.data_needs_store
+    _, built, _ = pipeline.preflight(r)  # only checks the donor's inputs: its data needs the store
+    assert "attack" not in built
     with pytest.raises(ConfigError, match="prepare"):
         r.attack.build_data(0)
     logs = []
