@@ -11,8 +11,10 @@ Vocabulary:
   keyword refusal rate, the explicit-rejection rate, capability per task and its mean, and
   benign fine-tuning accuracy.
 
-Across seeds: the mean and a t-interval over seeds when there are two or more, otherwise the
-record's own 95% CI (bootstrap over prompts, or ±z·stderr for lm-eval accuracies).  Nothing is
+Across seeds: the mean, and one interval function for every table, figure and verdict
+(``sdd_bench.harness.metrics.interval``): a share of items gets the Wilson interval on its items for one
+seed and a bootstrap over seeds and prompts for several; a mean score gets the record's own CI for one seed
+and a normal interval from within- and between-seed variance for several.  Nothing is
 imputed: a quantity missing from a record is missing from every aggregate over that record, and
 the aggregate says how many cells it used.
 """

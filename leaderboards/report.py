@@ -86,9 +86,12 @@ def _blocks(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return out
 
 
-CI_NOTE = ("Each entry: mean [95% CI]. With two or more seeds the mean and a t-interval over seeds (the number of "
-           "seeds is given); with one seed the record's own CI (bootstrap over prompts; ±1.96·stderr for lm-eval "
-           "accuracies). '—': this cell's records lack the number (never imputed).")
+CI_NOTE = ("Each entry: mean [95% CI] (harness.metrics.interval). A share of items (harm, refusal and incoherent "
+           "rates, a task's accuracy): one seed, the Wilson interval on its items; several seeds, a bootstrap over "
+           "seeds and prompts, never narrower than the pooled items' Wilson interval (the number of seeds is given). "
+           "A mean score (e.g. HS 1–5, chance-normalised capability): one seed, the record's own CI; several, a "
+           "normal interval from the within- and between-seed variance. '—': this cell's records lack the number "
+           "(never imputed).")
 
 
 def _fmt(r: dict) -> str:

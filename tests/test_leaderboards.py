@@ -158,6 +158,8 @@ def test_table1_mean_and_ci_over_seeds(tmp_path):
         if line.startswith("| defense |"):
             assert all(("lower is safer" in h or "higher is safer" in h) for h in line.split("|")[2:-1]), line
     assert "0.700 [" in md and "(n=192, 3 seeds)" in md
+    # the page names the methods the csv's ci_method reports (it once claimed a t-interval over seeds)
+    assert "Wilson interval on its items" in md and "bootstrap over seeds and prompts" in md and "t-interval" not in md
 
 
 def test_initial_counted_once_per_defended_model(tmp_path):
