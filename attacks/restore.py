@@ -87,7 +87,7 @@ class RestoreAttack:
     @property
     def data_needs_store(self) -> bool:
         """Whether a phase's data can only be built after ``prepare(store)`` (donor-built responses)."""
-        return any(getattr(a, "data_needs_store", False) for a in (self.harmful, self.benign))
+        return any(a.data_needs_store for a in (self.harmful, self.benign))
 
     def prepare(self, store, device: str = "auto", progress: bool = True, log=print) -> None:
         self._store, self._log = store, log
@@ -97,7 +97,7 @@ class RestoreAttack:
 
     def preflight(self) -> None:
         for a in (self.harmful, self.benign):
-            a.preflight() if getattr(a, "data_needs_store", False) else a.build_data(0)
+            a.preflight() if a.data_needs_store else a.build_data(0)
 
     def build_data(self, seed: int = 0) -> tuple[list[dict], dict]:
         r1, i1 = self.harmful.build_data(seed)

@@ -191,14 +191,14 @@ def _stderr_ci(value, se) -> tuple[float | None, float | None]:
 
 
 def _long_ci(value, n, record_ci, is_rate: bool) -> tuple[float | None, float | None, str]:
-    """One seed's 95% CI for ``long.csv``, the same interval the tables give a single seed
-    (:func:`sdd_bench.harness.metrics.interval`): Wilson on the items for a share of items (``*_rate``, a task's
-    accuracy), so a number never appears with two different intervals; otherwise the record's own CI (the
-    judge's bootstrap over prompts, e.g. a mean probability or relevance score)."""
-    from sdd_bench.harness.metrics import wilson_ci
+    """One seed's 95% CI for ``long.csv``.  A share of items (``*_rate``, a task's accuracy): the interval the
+    tables give a single seed (:func:`sdd_bench.harness.metrics.interval`, Wilson on the items), so a rate never
+    appears with two different intervals.  Otherwise the record's own CI as recorded (the judge's bootstrap over
+    prompts, e.g. a mean probability or relevance score; the tables centre its half-width on the mean)."""
+    from sdd_bench.harness.metrics import interval
     if is_rate and value is not None and n:
-        lo, hi = wilson_ci(float(value) * int(n), int(n))
-        return lo, hi, "Wilson"
+        iv = interval([value], [n])
+        return iv["ci95"][0], iv["ci95"][1], iv["method"]
     lo, hi = record_ci or [None, None]
     return lo, hi, ("record" if lo is not None else "none")
 
