@@ -256,6 +256,7 @@ class CellPlan:
     estimate_s: float | None      # remaining compute, None if unknown
     record: Any = None            # record artifact when done
     by_stage: dict = field(default_factory=dict)  # stage kind (STAGE_KINDS) → remaining seconds (None: unknown)
+    missing: list = field(default_factory=list)   # (stage, key) of the model/defend/attack artifacts still to build
 
 
 @dataclass
@@ -349,20 +350,25 @@ def plan(g: GridSpec, store, cells: list | None = None) -> Plan:
             continue
         stages: dict[str, str] = {}
         remaining: list[tuple[str, float | None]] = []
+        missing: list[tuple[str, str]] = []
         mkey = models.model_key(r.model, seed=0)
         if mkey is None:  # a path or hub id: nothing to build, its identity is its location
             ident = models.materialize(r.model, store).identity()
         else:
             ident = f"model/{mkey}"
-            if store.get("model", mkey) is None and ident not in counted:  # built once, whatever cells share it
-                counted.add(ident)
-                remaining.append(("model", default["model"]))
+            if store.get("model", mkey) is None:
+                missing.append(("model", mkey))
+                if ident not in counted:  # built once, whatever cells share it
+                    counted.add(ident)
+                    remaining.append(("model", default["model"]))
         for which, d in (("base_defend", r.base_defense), ("defend", r.defense)):
             if d is None or getattr(d, "identity", False):
                 continue
             dkey = stage_key("defend", dict(d.spec(), template=spec.template, seed=spec.seed), [ident])
             cached = store.get("defend", dkey) is not None
             stages[which] = "cached" if cached else "missing"
+            if not cached:
+                missing.append(("defend", dkey))
             ident = f"defend/{dkey}"
             if not cached and ident not in counted:
                 counted.add(ident)
@@ -376,6 +382,7 @@ def plan(g: GridSpec, store, cells: list | None = None) -> Plan:
             cached = store.get("attack", akey) is not None
             stages["attack"] = "cached" if cached else "missing"
             if not cached:
+                missing.append(("attack", akey))
                 v = hist.get(("attack", r.attack.name, getattr(r.attack.cfg, "max_steps", None)))
                 remaining.append(("attack", v if v is not None else attack_estimate(g.profile, r.attack.cfg)))
             remaining.append(("evaluate", default["evaluate"]))
@@ -386,7 +393,7 @@ def plan(g: GridSpec, store, cells: list | None = None) -> Plan:
         by: dict = {}
         for k, v in remaining:
             by[k] = None if v is None or (k in by and by[k] is None) else by.get(k, 0.0) + v
-        out.cells.append(CellPlan(spec, state, stages, total, by_stage=by))
+        out.cells.append(CellPlan(spec, state, stages, total, by_stage=by, missing=missing))
     return out
 
 
@@ -414,10 +421,10 @@ def _run_one(spec, store, progress: bool, log) -> CellResult:
     return CellResult(spec, record, art.ref(), False, seconds=time.time() - t0)
 
 
-def fits(g: GridSpec, spec, store, deadline: float) -> str | None:
-    """None if the cell's planned remaining compute (re-planned now, against the current store) ends before
-    ``deadline`` (epoch seconds); else why it does not."""
-    cp = plan(g, store, [spec]).cells[0]
+def fits(g: GridSpec, spec, store, deadline: float, cp: CellPlan | None = None) -> str | None:
+    """None if the cell's planned remaining compute (re-planned now against the current store, unless ``cp`` is
+    that plan) ends before ``deadline`` (epoch seconds); else why it does not."""
+    cp = cp if cp is not None else plan(g, store, [spec]).cells[0]
     if cp.state == "done":
         return None
     left = deadline - time.time()
@@ -429,20 +436,54 @@ def fits(g: GridSpec, spec, store, deadline: float) -> str | None:
     return None
 
 
+def busy(cp: CellPlan, store) -> str | None:
+    """The first artifact (``stage/key``) this cell still has to build that another process is computing right now
+    (its store lock is held), or None.  Only the model, defense and attack stages are probed: they are the long ones
+    (a defense or an attack is minutes to hours); an evaluation stage held elsewhere is waited for."""
+    for stage, key in cp.missing:
+        if store.is_locked(stage, key):
+            return f"{stage}/{key}"
+    return None
+
+
 def run_local(cells: list, store, *, progress: bool = True, log=print, fail_fast: bool = False,
               g: GridSpec | None = None, deadline: float | None = None, on_result=None) -> list[CellResult]:
-    """Run the cells one after another.  With ``deadline`` (epoch seconds; needs ``g``) a cell is started only if
-    the plan says it finishes in time (:func:`fits`), else it is returned with ``skipped`` set.  ``on_result`` is
-    called with each finished cell's result as soon as it finishes (``--publish``)."""
-    out = []
-    for i, spec in enumerate(cells, 1):
-        if deadline is not None:
-            why = fits(g, spec, store, deadline)
-            if why is not None:
-                log(f"[{i}/{len(cells)}] {label(spec)}: not started ({why})")
-                out.append(CellResult(spec, None, None, False, skipped=why))
+    """Run the cells one after another, in order, with one exception: a cell one of whose long stages another
+    process is computing at that moment (two grids on one work dir, e.g. one per core) is put back once behind
+    the remaining cells instead of idling on that stage's lock; when it comes round again it runs, waiting for the
+    lock if it is still held (by then the stage is usually finished and cached).  Needs ``g`` (the plan).
+
+    With ``deadline`` (epoch seconds; needs ``g``) a cell is started only if the plan says it finishes in time
+    (:func:`fits`), else it is returned with ``skipped`` set.  ``on_result`` is called with each finished cell's
+    result as soon as it finishes (``--publish``).  The results come back in the cells' order."""
+    n = len(cells)
+    queue = list(enumerate(cells, 1))
+    put_back: set[int] = set()
+    out: dict[int, CellResult] = {}
+    while queue:
+        i, spec = queue.pop(0)
+        cp = None
+        if g is not None:
+            try:
+                cp = plan(g, store, [spec]).cells[0]
+            except SddBenchError:  # a cell that cannot even be planned fails below, as a cell, like any other
+                if deadline is not None:
+                    raise
+        if cp is not None and queue and i not in put_back:
+            held = busy(cp, store)
+            if held is not None:
+                log(f"[{i}/{n}] {label(spec)}: put back behind the other cells ({held} is being computed by another "
+                    f"process)")
+                put_back.add(i)
+                queue.append((i, spec))
                 continue
-        log(f"[{i}/{len(cells)}] {label(spec)}")
+        if deadline is not None:
+            why = fits(g, spec, store, deadline, cp)
+            if why is not None:
+                log(f"[{i}/{n}] {label(spec)}: not started ({why})")
+                out[i] = CellResult(spec, None, None, False, skipped=why)
+                continue
+        log(f"[{i}/{n}] {label(spec)}")
         try:
             res = _run_one(spec, store, progress, log)
         except Exception as err:  # one broken cell must not cost the rest of an unattended grid
@@ -451,13 +492,13 @@ def run_local(cells: list, store, *, progress: bool = True, log=print, fail_fast
             log(f"  FAILED: {type(err).__name__}: {err}")
             if not isinstance(err, SddBenchError):  # a bug, not a bad input: keep where it happened
                 log("".join(traceback.format_exception(err)).rstrip())
-            out.append(CellResult(spec, None, None, False, error=f"{type(err).__name__}: {err}"))
+            out[i] = CellResult(spec, None, None, False, error=f"{type(err).__name__}: {err}")
             continue
         log(f"  {'finished earlier' if res.cached else 'done'} ({res.seconds:.1f}s) -> {res.record_ref}")
-        out.append(res)
+        out[i] = res
         if on_result is not None:
             on_result(res)
-    return out
+    return [out[i] for i in sorted(out)]
 
 
 def _ray_cell(spec_dict: dict, workdir: str, threads: int, *deps) -> tuple[str, bool]:

@@ -323,3 +323,39 @@ def test_deadline_skips_cells_that_cannot_finish_and_publish_keeps_the_finished(
     again = sorted((tmp_path / "again" / "tiny").iterdir())
     assert [f.name for f in again] == [f.name for f in files]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(again, files))
+
+
+def test_a_cell_whose_stage_another_process_computes_is_put_back_once(tmp_path, monkeypatch):
+    """Two grids on one work dir (one per core): a cell whose defense the other process is training right now
+    goes behind the remaining cells instead of idling on the lock, and runs when it comes round again."""
+    import fcntl
+    g = G.load_grid(_write(tmp_path, TINY_GRID))
+    cells = G.expand(g)[::-1]  # sdd × advbench-10, sdd × none, none × advbench-10, none × none
+    store = Store(tmp_path / "runs")
+    sdd_plan = G.plan(g, store, [cells[0]]).cells[0]
+    held = [k for st, k in sdd_plan.missing if st == "defend"]
+    assert len(held) == 1 and [st for st, _ in sdd_plan.missing] == ["model", "defend", "attack"]
+    lock = store._lock_path("defend", held[0], create=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # "another process" trains sdd
+    ran = []
+
+    def fake_run_one(spec, store, progress, log):
+        ran.append(G.label(spec))
+        return G.CellResult(spec, {}, f"record/{len(ran)}", False)
+
+    monkeypatch.setattr(G, "_run_one", fake_run_one)
+    lines = []
+    try:
+        res = G.run_local(cells, store, progress=False, log=lines.append, g=g)
+    finally:
+        os.close(fd)
+    labels = [G.label(c) for c in cells]
+    assert ran == [labels[2], labels[3], labels[0], labels[1]]  # the sdd cells once, after the others
+    assert [G.label(r.spec) for r in res] == labels  # results in the cells' order
+    put_back = [line for line in lines if "put back" in line]
+    assert len(put_back) == 2 and all(f"defend/{held[0]}" in line for line in put_back)
+    # nothing held: the order is the cells' order; without a plan (no g) too
+    ran.clear()
+    G.run_local(cells, store, progress=False, log=lines.append, g=g)
+    assert ran == labels
