@@ -162,6 +162,7 @@ def repnoise_loss(model, harmful: dict, harmless: dict, differ, beta: float, alp
     """(loss, parts) of ``rep_noise_loss`` (loss.py): CE_harmless + β·mean_l MMD(MLP_l, noise)
     − α·log((CE_L + Σ_l CE_l)/(L+1) + 1), all on the positions in ``differ``."""
     import torch
+    import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
     acts: dict[int, object] = {}
     handles = [layer.mlp.register_forward_hook(lambda _m, _i, out, i=i: acts.__setitem__(i, out))
@@ -180,7 +181,12 @@ def repnoise_loss(model, harmful: dict, harmless: dict, differ, beta: float, alp
         noise.append(mmd(h.reshape(h.shape[0], -1), g.reshape(g.shape[0], -1), kernel_mul, kernel_num))
     noise_loss = torch.stack(noise).mean()
     head, norm = model.get_output_embeddings(), _final_norm(model)
-    readout = lambda h: _ce(head(norm(h)), bad_labels)  # noqa: E731
+    # Each hidden state's read-out CE is taken only at the scored positions (the next-token targets inside the
+    # mask): the same value as the whole-sequence CE with ignore_index, without the LM head over padding and
+    # prompt tokens, which is most of RepNoise's compute (L + 1 vocabulary projections per step).
+    scored = bad_labels[:, 1:] != -100
+    targets = bad_labels[:, 1:][scored]
+    readout = lambda h: F.cross_entropy(head(norm(h[:, :-1][scored])).float(), targets)  # noqa: E731
     layer_ces = [checkpoint(readout, h, use_reentrant=False) for h in out.hidden_states]
     ce_final = _ce(out.logits, bad_labels)
     harmful_loss = (ce_final + torch.stack(layer_ces).sum()) / len(out.hidden_states) + 1
@@ -217,7 +223,8 @@ class RepNoise(Defense):
         "paper": {},
     }
     datasets = ("beavertails-defense",)
-    version = 2  # 2: the authors' objective (loss.py) on paired data; 1: final-layer CE, per-token MMD, unpaired
+    version = 3  # 3: per-layer read-outs at scored positions only (same values up to float rounding, less compute)
+    # 2: the authors' objective (loss.py) on paired data; 1: final-layer CE, per-token MMD, unpaired
     deviations = (
         "refusal twins are _common.REFUSAL_TEMPLATES (authors: RepNoise's paired GPT refusals, not in the data dir)",
         "n_pairs capped by the distinct unsafe prompts of beavertails-defense",
