@@ -158,9 +158,10 @@ def _ce(logits, labels):
 
 
 def repnoise_loss(model, harmful: dict, harmless: dict, differ, beta: float, alpha: float,
-                  kernel_mul: float = 2.0, kernel_num: int = 5):
+                  kernel_mul: float = 2.0, kernel_num: int = 5, scored_only: bool = True):
     """(loss, parts) of ``rep_noise_loss`` (loss.py): CE_harmless + β·mean_l MMD(MLP_l, noise)
-    − α·log((CE_L + Σ_l CE_l)/(L+1) + 1), all on the positions in ``differ``."""
+    − α·log((CE_L + Σ_l CE_l)/(L+1) + 1), all on the positions in ``differ``.  ``scored_only=False`` runs
+    each read-out over the whole sequence, as loss.py does (same value; bench/bench_repnoise.py times both)."""
     import torch
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
@@ -186,7 +187,10 @@ def repnoise_loss(model, harmful: dict, harmless: dict, differ, beta: float, alp
     # prompt tokens, which is most of RepNoise's compute (L + 1 vocabulary projections per step).
     scored = bad_labels[:, 1:] != -100
     targets = bad_labels[:, 1:][scored]
-    readout = lambda h: F.cross_entropy(head(norm(h[:, :-1][scored])).float(), targets)  # noqa: E731
+    if scored_only:
+        readout = lambda h: F.cross_entropy(head(norm(h[:, :-1][scored])).float(), targets)  # noqa: E731
+    else:
+        readout = lambda h: _ce(head(norm(h)), bad_labels)  # noqa: E731
     layer_ces = [checkpoint(readout, h, use_reentrant=False) for h in out.hidden_states]
     ce_final = _ce(out.logits, bad_labels)
     harmful_loss = (ce_final + torch.stack(layer_ces).sum()) / len(out.hidden_states) + 1

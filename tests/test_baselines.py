@@ -324,6 +324,9 @@ def test_repnoise_loss_is_the_authors_composition(fresh):
     assert len(out.hidden_states) == len(C.decoder_layers(model)) + 1
     assert math.isclose(parts["harmful_loss_all_layers"], hand, rel_tol=1e-5)
     assert math.isclose(parts["harmful_ce"], ce(out.logits), rel_tol=1e-5)
+    torch.manual_seed(0)  # the read-outs over the whole sequence (loss.py's way) give the same loss
+    whole, _ = repnoise_loss(model, b, o, differ, beta=0.001, alpha=1.0, scored_only=False)
+    assert math.isclose(float(whole), float(loss), rel_tol=1e-5)
     loss.backward()  # gradients flow to the weights (through the checkpointed read-outs too)
     assert all(p.grad is not None for p in model.model.embed_tokens.parameters())
 
