@@ -466,9 +466,8 @@ def run_local(cells: list, store, *, progress: bool = True, log=print, fail_fast
         if g is not None:
             try:
                 cp = plan(g, store, [spec]).cells[0]
-            except SddBenchError:  # a cell that cannot even be planned fails below, as a cell, like any other
-                if deadline is not None:
-                    raise
+            except SddBenchError:  # not planned: fits() re-plans and raises under a deadline, else the cell fails below
+                pass
         if cp is not None and queue and i not in put_back:
             held = busy(cp, store)
             if held is not None:
