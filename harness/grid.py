@@ -251,12 +251,16 @@ STAGE_KINDS = ("model", "defend", "evaluate", "attack")
 @dataclass
 class CellPlan:
     spec: Any
-    state: str                    # done | partial | todo
+    state: str                    # done | published | partial | todo
     stages: dict                  # stage → cached / missing
     estimate_s: float | None      # remaining compute, None if unknown
     record: Any = None            # record artifact when done
     by_stage: dict = field(default_factory=dict)  # stage kind (STAGE_KINDS) → remaining seconds (None: unknown)
     missing: list = field(default_factory=list)   # (stage, key) of the model/defend/attack artifacts still to build
+    published: str | None = None  # the published record file of a cell found there (state "published")
+
+
+FINISHED = ("done", "published")
 
 
 @dataclass
@@ -266,7 +270,7 @@ class Plan:
 
     @property
     def estimate_s(self) -> float | None:
-        vals = [c.estimate_s for c in self.cells if c.state != "done"]
+        vals = [c.estimate_s for c in self.cells if c.state not in FINISHED]
         return None if any(v is None for v in vals) else float(sum(vals))
 
     def by_stage(self) -> dict:
@@ -283,19 +287,21 @@ class Plan:
 
     def summary(self) -> str:
         n = len(self.cells)
-        done = sum(c.state == "done" for c in self.cells)
+        done = sum(c.state in FINISHED for c in self.cells)
+        pub = sum(c.state == "published" for c in self.cells)
         part = sum(c.state == "partial" for c in self.cells)
         est = self.estimate_s
         est_s = "unknown (no timing for this profile yet)" if est is None else _fmt_s(est)
-        return (f"grid {self.grid.name!r} (profile {self.grid.profile}): {n} cells, {done} finished, {part} partly cached, "
-                f"{n - done - part} to run; estimated remaining compute {est_s}")
+        pub_s = f" ({pub} of them published, not in this work dir)" if pub else ""
+        return (f"grid {self.grid.name!r} (profile {self.grid.profile}): {n} cells, {done} finished{pub_s}, {part} partly "
+                f"cached, {n - done - part} to run; estimated remaining compute {est_s}")
 
     def table(self) -> str:
         w = max([60] + [len(label(c.spec)) for c in self.cells])  # never cut: the name is the cell's identity
-        lines = [f"{'cell':{w}s} {'state':8s} {'defend':8s} {'attack':8s} {'estimate':>10s}"]
+        lines = [f"{'cell':{w}s} {'state':9s} {'defend':8s} {'attack':8s} {'estimate':>10s}"]
         for c in self.cells:
-            est = "-" if c.state == "done" else ("?" if c.estimate_s is None else _fmt_s(c.estimate_s))
-            lines.append(f"{label(c.spec):{w}s} {c.state:8s} {c.stages.get('defend', '-'):8s} "
+            est = "-" if c.state in FINISHED else ("?" if c.estimate_s is None else _fmt_s(c.estimate_s))
+            lines.append(f"{label(c.spec):{w}s} {c.state:9s} {c.stages.get('defend', '-'):8s} "
                          f"{c.stages.get('attack', '-'):8s} {est:>10s}")
         return "\n".join(lines)
 
@@ -322,11 +328,13 @@ def _history(store) -> dict:
     return {k: statistics.median(v) for k, v in hist.items()}
 
 
-def plan(g: GridSpec, store, cells: list | None = None) -> Plan:
+def plan(g: GridSpec, store, cells: list | None = None, published: dict | None = None) -> Plan:
     """Probe the store for every cell without loading a model: finished cell (pointer), defended model,
-    attacked model; estimate the remaining compute from this store's history or the profile's defaults."""
+    attacked model; estimate the remaining compute from this store's history or the profile's defaults.
+    ``published`` (harness.publish.published_cells) adds the cells whose record is already published: a cell
+    neither finished in the store nor published is planned."""
     from . import models
-    from .pipeline import finished_record, resolve
+    from .pipeline import cell_key, finished_record, resolve
     from .store import stage_key
     cells = cells if cells is not None else expand(g)
     hist = _history(store)
@@ -347,6 +355,10 @@ def plan(g: GridSpec, store, cells: list | None = None) -> Plan:
         done = finished_record(store, r)  # corrupt pointers/records are moved aside (reported): the cell is planned
         if done is not None:
             out.cells.append(CellPlan(spec, "done", {"defend": "cached", "attack": "cached"}, 0.0, done[1]))
+            continue
+        hit = published.get(cell_key(r)) if published else None
+        if hit is not None:
+            out.cells.append(CellPlan(spec, "published", {"defend": "-", "attack": "-"}, 0.0, published=str(hit[1])))
             continue
         stages: dict[str, str] = {}
         remaining: list[tuple[str, float | None]] = []
@@ -408,6 +420,7 @@ class CellResult:
     error: str | None = None
     seconds: float = 0.0
     skipped: str | None = None    # why the cell was not started (the deadline), None if it ran
+    published: str | None = None  # the published record file it was taken from, not run (``--publish``)
 
 
 def _run_one(spec, store, progress: bool, log) -> CellResult:
@@ -425,7 +438,7 @@ def fits(g: GridSpec, spec, store, deadline: float, cp: CellPlan | None = None) 
     """None if the cell's planned remaining compute (re-planned now against the current store, unless ``cp`` is
     that plan) ends before ``deadline`` (epoch seconds); else why it does not."""
     cp = cp if cp is not None else plan(g, store, [spec]).cells[0]
-    if cp.state == "done":
+    if cp.state in FINISHED:
         return None
     left = deadline - time.time()
     if cp.estimate_s is None:
@@ -580,17 +593,33 @@ def run_ray(cells: list, store, g: GridSpec, *, log=print, on_result=None) -> li
 
 
 def run_grid(g: GridSpec, store, *, executor: str | None = None, progress: bool = True, log=print,
-             fail_fast: bool = False, deadline: float | None = None, on_result=None) -> list[CellResult]:
+             fail_fast: bool = False, deadline: float | None = None, on_result=None,
+             published: dict | None = None) -> list[CellResult]:
+    """Run the grid's cells that are not finished.  ``published`` (harness.publish.published_cells): a cell whose
+    record is already published is not run (nor re-published); its published record is its result."""
+    from .pipeline import cell_key, finished_record, resolve
     cells = expand(g)
     ex = executor or g.executor
+    if ex not in ("local", "ray"):
+        raise ConfigError(f"Unknown executor {ex!r}; choose local or ray.")
+    if ex == "ray" and deadline is not None:
+        raise ConfigError("--until/--max-minutes need the local executor (Ray schedules every cell at once).")
+    found: dict[int, CellResult] = {}
+    for i, spec in enumerate(cells):
+        r = resolve(spec) if published else None
+        hit = published.get(cell_key(r)) if published else None
+        if hit is not None and finished_record(store, r) is None:  # finished here: the store's full record
+            rec, path = hit
+            found[i] = CellResult(spec, rec, (rec.get("published") or {}).get("record"), True, published=str(path))
+            log(f"{label(spec)}: already published -> {path}")
+    rest = [spec for i, spec in enumerate(cells) if i not in found]
     if ex == "local":
-        return run_local(cells, store, progress=progress, log=log, fail_fast=fail_fast, g=g, deadline=deadline,
-                         on_result=on_result)
-    if ex == "ray":
-        if deadline is not None:
-            raise ConfigError("--until/--max-minutes need the local executor (Ray schedules every cell at once).")
-        return run_ray(cells, store, g, log=log, on_result=on_result)
-    raise ConfigError(f"Unknown executor {ex!r}; choose local or ray.")
+        ran = run_local(rest, store, progress=progress, log=log, fail_fast=fail_fast, g=g, deadline=deadline,
+                        on_result=on_result)
+    else:
+        ran = run_ray(rest, store, g, log=log, on_result=on_result)
+    it = iter(ran)
+    return [found[i] if i in found else next(it) for i in range(len(cells))]
 
 
 def records_of_grid(path: str | Path, workdir: str | Path) -> list[dict]:
@@ -627,7 +656,8 @@ def register_cli(sub, add_common) -> dict:
                     help="deadline N minutes from now (as --until)")
     p.add_argument("--publish", nargs="?", const="results", metavar="ROOT",
                    help="publish each cell's record as it finishes into ROOT/<profile>/ (default ROOT: results, "
-                        "relative to the current directory; see `sdd-bench publish`)")
+                        "relative to the current directory; see `sdd-bench publish`); a cell whose record is already "
+                        "published there (same configs, same base model build) counts as finished and is not run")
     add_common(p)
     return {"grid": cli_grid}
 
@@ -680,7 +710,11 @@ def cli_grid(args) -> int:
     store = Store(args.workdir)
     t0 = time.time()
     deadline = parse_deadline(args.until, args.max_minutes, now=t0)
-    pl = plan(g, store)
+    published = None
+    if args.publish:
+        from .publish import published_cells
+        published = published_cells(args.publish, g.profile)
+    pl = plan(g, store, published=published)
     if g.attacker_budget:
         print(budget_line(g, pl))
     print(pl.summary())
@@ -705,13 +739,15 @@ def cli_grid(args) -> int:
               f"planned time fits")
     store.check_writable()  # one line now rather than one failure per cell
     results = run_grid(g, store, executor=args.executor, progress=not args.quiet, fail_fast=args.fail_fast,
-                       deadline=deadline, on_result=publish if args.publish else None)
+                       deadline=deadline, on_result=publish if args.publish else None, published=published)
     failed = [r for r in results if r.error]
     skipped = [r for r in results if r.skipped]
     dt = time.time() - t0
     n = len(results)
+    npub = sum(r.published is not None for r in results)
+    pub_s = f" ({npub} of them published under {args.publish})" if npub else ""
     print(f"\ngrid {g.name!r}: {n - len(failed) - len(skipped)}/{n} cells finished, {sum(r.cached for r in results)} "
-          f"were already finished; {dt:.1f}s wall ({dt / max(1, n):.2f}s per cell)")
+          f"were already finished{pub_s}; {dt:.1f}s wall ({dt / max(1, n):.2f}s per cell)")
     if skipped:
         print(f"deadline: {len(skipped)} cell(s) not started because the plan says they cannot finish by "
               f"{time.strftime('%H:%M', time.localtime(deadline))}; re-run the same command later to continue:")

@@ -521,9 +521,7 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
                  "attack": r.attack.name if r.attack else "none",
                  "attack_kind": r.attack.kind if r.attack else None, "seed": spec.seed, "profile": spec.profile},
         "spec": C.to_dict(spec),
-        "config": {"defense": r.defense.spec(), "base_defense": r.base_defense.spec() if r.base_defense else None,
-                   "attack": r.attack.spec() if r.attack else None, "generation": C.to_dict(r.gen),
-                   "profile": dataclasses.asdict(r.profile), "eval_seed": EVAL_SEED},
+        "config": run_config(r),
         "template": tdescribe(tok, spec.template),
         "metrics": metrics,
         "data": {"eval_fingerprints": fps, "overlap": overlap},
@@ -576,14 +574,45 @@ def cell_key(r: Resolved) -> str:
     return stage_key("cell", cell_spec(r))
 
 
+def run_config(r: Resolved) -> dict:
+    """Every resolved plugin config of a cell: its record's ``config`` block, and part of its cell key."""
+    return {"defense": r.defense.spec(), "base_defense": r.base_defense.spec() if r.base_defense else None,
+            "attack": r.attack.spec() if r.attack else None, "generation": C.to_dict(r.gen),
+            "profile": dataclasses.asdict(r.profile), "eval_seed": EVAL_SEED}
+
+
 def cell_spec(r: Resolved) -> dict:
     from . import models
     # "model_key": a built-in model's store key (its build recipe, e.g. an aligned base's alignment options),
     # so a rebuilt base no longer matches records made on the old one; None for paths and hub ids.
-    return {"spec": C.to_dict(r.spec), "model_key": models.model_key(r.model), "defense": r.defense.spec(),
-            "base_defense": r.base_defense.spec() if r.base_defense else None,
-            "attack": r.attack.spec() if r.attack else None, "generation": C.to_dict(r.gen),
-            "profile": dataclasses.asdict(r.profile), "eval_seed": EVAL_SEED, "schema": 1}
+    return _cell_spec(C.to_dict(r.spec), models.model_key(r.model), run_config(r))
+
+
+def _cell_spec(spec: dict, model_key: str | None, config: dict) -> dict:
+    return {"spec": spec, "model_key": model_key, **config, "schema": 1}
+
+
+def record_cell_key(record: dict) -> str | None:
+    """The cell key of the cell a record (from a store or published, harness/publish.py) was made by, computed from
+    what the record holds: its spec, its ``config`` block and, for a built-in model, the key of the model artifact it
+    used (so a record made on an older build of an aligned base does not match a cell on today's).  Equal to
+    :func:`cell_key` of that cell under today's code exactly when today's resolved configs equal the recorded ones;
+    None for a record that lacks those fields."""
+    from . import models
+    from .store import stage_key
+    try:
+        spec, config, model = record["spec"], record["config"], record["cell"]["model"]
+        mref = record.get("artifacts", {}).get("model")
+    except (KeyError, TypeError):
+        return None
+    if not (isinstance(spec, dict) and isinstance(config, dict)):
+        return None
+    mkey = None
+    if model in models.MODELS:
+        if not (isinstance(mref, str) and mref.startswith("model/")):
+            return None
+        mkey = mref.split("/", 1)[1]
+    return stage_key("cell", _cell_spec(spec, mkey, config))
 
 
 def _point_cell(store, r: Resolved, rart) -> None:

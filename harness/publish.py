@@ -182,6 +182,28 @@ def publish_record(record: dict, record_ref: str | None, root: str | Path = DEFA
     return Published(path, True, rec["published"]["omitted"])
 
 
+def published_cells(root: str | Path, profile: str) -> dict[str, tuple[dict, Path]]:
+    """Cell key (harness.pipeline.record_cell_key) → (record, file) of every record published under
+    ``root/<profile>/``: what ``sdd-bench grid --publish ROOT`` counts as finished, so a grid resumed on an empty
+    work dir (a new machine, a pruned cache) runs only the cells the repository does not hold yet.  A record whose
+    configs differ from today's (a changed default, another build of the base model) has another key and is not
+    matched: its cell is run again.  Unreadable files are skipped (``tests/test_publish.py`` checks them)."""
+    from .pipeline import record_cell_key
+    out: dict[str, tuple[dict, Path]] = {}
+    d = Path(root) / profile
+    if not d.is_dir():
+        return out
+    for f in sorted(d.glob("*.json")):
+        try:
+            rec = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        key = record_cell_key(rec) if isinstance(rec, dict) else None
+        if key is not None:
+            out[key] = (rec, f)
+    return out
+
+
 def store_records(workdir: str | Path) -> list[tuple[dict, str]]:
     """(record, ref) of every completed record artifact of a work dir, in key order."""
     from .store import Store

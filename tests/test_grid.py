@@ -325,6 +325,46 @@ def test_deadline_skips_cells_that_cannot_finish_and_publish_keeps_the_finished(
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(again, files))
 
 
+def test_a_grid_on_an_empty_work_dir_skips_the_cells_already_published(tmp_path, capsys):
+    """The work dir is a cache, results/ is the record: a grid re-run with --publish on a new machine (empty work
+    dir) runs only the cells whose record is not published yet; a record made with other configs or on another
+    build of the base model does not count."""
+    from sdd_bench.harness import publish as P
+    from sdd_bench.harness.cli import main
+    from sdd_bench.harness.pipeline import cell_key, record_cell_key, resolve
+    spec = _write(tmp_path, "name: pub\nprofile: tiny\ndefenses: [none]\nattacks: [none]\ncapability: false\n")
+    root = tmp_path / "results"
+    cmd = ["grid", str(spec), "--quiet", "--publish", str(root)]
+    assert main(cmd + ["--workdir", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    (f,) = (root / "tiny").iterdir()
+    rec = json.loads(f.read_text())
+    (cell,) = G.expand(G.load_grid(spec))
+    assert record_cell_key(rec) == cell_key(resolve(cell))  # the sanitized record still names its cell
+    # a fresh work dir: planned as published, not run, not re-published
+    new = tmp_path / "b"
+    assert main(cmd + ["--workdir", str(new), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "1 finished (1 of them published, not in this work dir)" in out and " published " in out
+    before = f.read_bytes()
+    assert main(cmd + ["--workdir", str(new), "--records", str(tmp_path / "recs.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert f"already published -> {f}" in out and "1/1 cells finished, 1 were already finished (1 of them published" in out
+    assert not (new / "model").exists() and not (new / "record").exists()  # nothing was built
+    assert f.read_bytes() == before
+    assert json.loads((tmp_path / "recs.jsonl").read_text())["metrics"] == rec["metrics"]
+    # without --publish the grid does not look at results/
+    g = G.load_grid(spec)
+    assert G.plan(g, Store(new)).cells[0].state == "todo"
+    assert G.plan(g, Store(new), published=P.published_cells(root, "tiny")).cells[0].state == "published"
+    # a record on another build of the base model, or with other configs, is not this cell's
+    for change in ({"artifacts": dict(rec["artifacts"], model="model/" + "0" * 20)},
+                   {"config": dict(rec["config"], eval_seed=rec["config"]["eval_seed"] + 1)}):
+        f.write_text(json.dumps(dict(rec, **change)))
+        assert G.plan(g, Store(new), published=P.published_cells(root, "tiny")).cells[0].state == "todo"
+    assert P.published_cells(tmp_path / "nowhere", "tiny") == {}
+
+
 def test_a_cell_whose_stage_another_process_computes_is_put_back_once(tmp_path, monkeypatch):
     """Two grids on one work dir (one per core): a cell whose defense the other process is training right now
     goes behind the remaining cells instead of idling on the lock, and runs when it comes round again."""
