@@ -265,6 +265,8 @@ def test_defense_estimate_scales_with_configured_work(tmp_path):
     assert est["refusal-sft"] == est["deepalign"]                  # same work per step, same steps
     assert est["seam"] == pytest.approx(est["sdd"] * 20 * 4 * 128 * 13 / (40 * 8 * 192))  # 13 passes per step
     assert pl.by_stage()["defend"] == pytest.approx(sum(est.values()))
+    # the aligned smoke base is built once (its refusal SFT, 120 steps × 8 × 128, priced like a defense)
+    assert pl.by_stage()["model"] == pytest.approx(30 + 510 * 120 * 8 * 128 / (40 * 8 * 192))
     assert pl.stage_line().startswith("estimate by stage kind: model ") and "defend " in pl.stage_line()
 
 
