@@ -21,8 +21,9 @@ this process) and ``ray`` (one Ray task per cell stage group — base model, def
 attacked cell — with CPU/GPU resource requests; the store must be a filesystem every Ray node
 sees).  A local run may be bounded by a deadline (``--until``/``--max-minutes``: a cell starts only if
 its re-planned estimate fits, see :func:`fits`) and publish each record as its cell finishes
-(``--publish``, harness/publish.py).  Estimates: this store's timings, else the profile's defaults, a
-defense's scaled by its configured work (:func:`defend_estimate`).
+(``--publish``, harness/publish.py; a cell already published there is not run).  Estimates: this store's
+timings and, with ``--publish``, those the published records measured, else the profile's defaults, a defense's
+scaled by its configured work (:func:`defend_estimate`).
 """
 from __future__ import annotations
 
@@ -322,9 +323,13 @@ def _fmt_s(s: float) -> str:
     return f"{s:.0f}s" if s < 120 else (f"{s / 60:.1f}min" if s < 7200 else f"{s / 3600:.1f}h")
 
 
-def _history(store) -> dict:
-    """Median compute seconds of finished defend/attack stages in this store, by (stage, name, steps)."""
+def _history(store, published: dict | None = None) -> dict:
+    """Median compute seconds of finished defend/attack stages, by (stage, name, steps): this store's, and with
+    ``published`` (harness.publish.published_cells) those the published records measured (each defended or
+    attacked model once, however many records name it), so a plan on a new machine is priced by the runs the
+    repository already holds."""
     hist: dict[tuple, list[float]] = {}
+    seen: set[str] = set()
     for stage, namekey in (("defend", "defense"), ("attack", "attack")):
         sdir = store.root / stage
         if not sdir.is_dir():
@@ -336,20 +341,30 @@ def _history(store) -> dict:
             except (OSError, ValueError, KeyError):
                 continue
             if sec is not None and (a / "COMPLETE").is_file():
+                seen.add(f"{stage}/{a.name}")
                 hist.setdefault((stage, spec.get(namekey), spec.get("config", {}).get("max_steps")), []).append(sec)
+    for rec, _ in (published or {}).values():
+        for stage, namekey, info in (("defend", "defense", "defense_info"), ("attack", "attack", "attack_info")):
+            ref, spec = rec.get("artifacts", {}).get(namekey), (rec.get("config") or {}).get(namekey)
+            sec = (rec.get(info) or {}).get("seconds")
+            if not (isinstance(ref, str) and isinstance(spec, dict) and isinstance(sec, (int, float))) or ref in seen:
+                continue
+            seen.add(ref)
+            cfg = spec.get("config") if isinstance(spec.get("config"), dict) else {}
+            hist.setdefault((stage, spec.get(namekey), cfg.get("max_steps")), []).append(float(sec))
     return {k: statistics.median(v) for k, v in hist.items()}
 
 
 def plan(g: GridSpec, store, cells: list | None = None, published: dict | None = None) -> Plan:
     """Probe the store for every cell without loading a model: finished cell (pointer), defended model,
     attacked model; estimate the remaining compute from this store's history or the profile's defaults.
-    ``published`` (harness.publish.published_cells) adds the cells whose record is already published: a cell
-    neither finished in the store nor published is planned."""
+    ``published`` (harness.publish.published_cells) adds the cells whose record is already published (a cell
+    neither finished in the store nor published is planned) and the stage timings those records measured."""
     from . import models
     from .pipeline import cell_key, finished_record, resolve
     from .store import stage_key
     cells = cells if cells is not None else expand(g)
-    hist = _history(store)
+    hist = _history(store, published)
     default = DEFAULT_ESTIMATE_S[g.profile]
     out = Plan(g)
     counted: set[str] = set()  # stages (defended models, their initial evaluation) already counted by another cell

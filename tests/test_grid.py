@@ -270,6 +270,25 @@ def test_defense_estimate_scales_with_configured_work(tmp_path):
     assert pl.stage_line().startswith("estimate by stage kind: model ") and "defend " in pl.stage_line()
 
 
+def test_plan_learns_stage_times_from_published_records(tmp_path):
+    """On an empty work dir a grid with --publish is priced by the stage times the published records measured
+    (each defended/attacked model once), not by the profile's defaults."""
+    from sdd_bench.harness.pipeline import resolve
+    g = G.load_grid(_write(tmp_path, "profile: smoke\ndefenses: [sdd]\nattacks: [beavertails-100]\ncapability: false\n"))
+    (cell,) = G.expand(g)
+    r = resolve(cell)
+    rec = {"artifacts": {"defense": "defend/d1", "attack": "attack/a1"},
+           "config": {"defense": r.defense.spec(), "attack": r.attack.spec()},
+           "defense_info": {"seconds": 1000.0}, "attack_info": {"seconds": 700.0}}
+    twin = dict(rec, defense_info={"seconds": 5000.0})  # the same defended model named by another record: counted once
+    other = dict(rec, artifacts={"defense": "defend/d2", "attack": "attack/a1"}, defense_info={"seconds": 2000.0})
+    store = Store(tmp_path / "runs")
+    assert G.plan(g, store).cells[0].by_stage["defend"] == G.defend_estimate("smoke", "sdd", r.defense.cfg)
+    pl = G.plan(g, store, published={"k1": (rec, None), "k2": (twin, None), "k3": (other, None)})
+    assert pl.cells[0].state == "todo"
+    assert pl.cells[0].by_stage["defend"] == 1500.0 and pl.cells[0].by_stage["attack"] == 700.0  # medians
+
+
 def test_plan_prints_estimate_per_stage_kind(tmp_path, capsys):
     from sdd_bench.harness.cli import main
     spec = _write(tmp_path, TINY_GRID)
