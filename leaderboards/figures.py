@@ -100,6 +100,14 @@ def _save(fig, out: Path) -> Path:
 Series = dict[tuple, list[tuple[float, Setting]]]  # series key (defense label, line-style key) -> [(x, cell)]
 
 
+def _compact(x: float) -> str:
+    """A tick label: 1000, 0.5, 0.001, and below that 2e-5, 1e-4, 3.5e-5 (no zero-padded exponent)."""
+    if x and abs(x) < 1e-3:
+        m, _, e = f"{x:e}".partition("e")
+        return f"{m.rstrip('0').rstrip('.')}e{int(e)}"
+    return f"{x:g}"
+
+
 def _line_panels(res: Results, quantities: list[tuple[str, Metric]], panels: dict[str, Series], xlabel: str,
                  style_name: str = "") -> object:
     """One row per panel, one column per quantity; a series per (defense, style key): colour = defense,
@@ -129,7 +137,9 @@ def _line_panels(res: Results, quantities: list[tuple[str, Metric]], panels: dic
                             marker="o", capsize=3, color=color(key[0]), linestyle=ls, label=lab)
             ax.set_xscale("log")
             ticks = sorted({x for pts in series.values() for x, _ in pts})  # the measured values, not log decades
-            ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+            # the measured values, compactly (2e-5, 1e-4) and slanted: close lrs on a log axis must not overlap
+            ax.set_xticks(ticks, [_compact(x) for x in ticks], rotation=30 if len(ticks) > 3 else 0,
+                          ha="right" if len(ticks) > 3 else "center")
             ax.minorticks_off()
             ax.set_title(title, fontsize="medium")
             ax.set_xlabel(xlabel)

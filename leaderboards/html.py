@@ -21,6 +21,8 @@ TABLES = {
     "table1": ("Table 1: harmfulness under malicious fine-tuning (rows = defenses; rates in %)", []),  # columns: data
     "table2_paper": ("Table 2: capability, Vanilla / +defense / +BFT / +MFT (accuracy %, Δ vs Vanilla)", []),
     "finetune": ("Benign fine-tuning task accuracy after each BFT attack (%)", []),
+    "lr_sweep": ("Attack learning-rate sweep (SEAM's protocol): harm % / chance-normalised capability, Δcap, verdict",
+                 []),
     "table2": ("Table 2 (long): capability per task and condition, benign fine-tuning accuracy", [
         ("model", "model"), ("profile", "profile"), ("defense_label", "defense"), ("condition", "condition"),
         ("column", "attack"), ("quantity_label", "task"), ("mean", "mean (higher is better)"), ("ci_lo", "CI low"),
@@ -160,7 +162,7 @@ def page(*, title: str, summary: list[str], tables: dict[str, list[dict]], figur
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><ul>{summary_html}</ul>",
              "<p>Click a column header to sort. CSV files: "
              + ", ".join(f"<a href='{n}'>{n}</a>" for n in ("long.csv", "headline.csv", "table1_paper.csv", "table2_paper.csv",
-                                                          "finetune_accuracy.csv", "table1.csv", "table2.csv",
+                                                          "finetune_accuracy.csv", "lr_sweep.csv", "table1.csv", "table2.csv",
                                                           "worst_case.csv", "figures.json"))
              + ".</p>"]
     parts.append(_section("headline", tables.get("headline", []), headline_intro or ""))
@@ -174,7 +176,9 @@ def page(*, title: str, summary: list[str], tables: dict[str, list[dict]], figur
     for tid, intro in (("table2_paper", "<p>Per defense and task: accuracy [95% CI] and, where Vanilla is above 0, "
                                         "the relative change Δ vs Vanilla (the undefended model before any attack). "
                                         "+BFT / +MFT: the attack of that kind with the lowest accuracy.</p>"),
-                       ("finetune", "")):
+                       ("finetune", ""), ("lr_sweep", "<p>Per defense and attack lr: harm [95% CI] / capability "
+                                                     "[95% CI]; Δcap vs the defended model; SEAM's verdict "
+                                                     "(lr_sweep.md states the thresholds).</p>")):
         rows = tables.get(tid, [])
         cols = [(k, k) for k in dict.fromkeys(k for r in rows for k in r)]
         parts.append(_section(tid, rows, intro, columns=cols or [("defense", "defense")]))
