@@ -615,6 +615,27 @@ def record_cell_key(record: dict) -> str | None:
     return stage_key("cell", _cell_spec(spec, mkey, config))
 
 
+def record_cell_keys(record: dict) -> list[str]:
+    """Every cell key a record answers: its own (:func:`record_cell_key`) and, when its attack also saved the model
+    on the way (an attack trajectory, ``attacks.finetune.EVAL_ONLY_OPTIONS``), the key of the same cell without it:
+    that cell trains the same attacked model and evaluates it the same way, so the trajectory record holds all its
+    numbers and more.  Empty for a record that lacks the fields."""
+    from sdd_bench.attacks.finetune import EVAL_ONLY_OPTIONS
+    own = record_cell_key(record)
+    if own is None:
+        return []
+    keys = [own]
+    opts = (record.get("spec") or {}).get("attack_options") or {}
+    acfg = (record.get("config") or {}).get("attack")
+    if isinstance(opts, dict) and isinstance(acfg, dict) and any(k in opts for k in EVAL_ONLY_OPTIONS):
+        spec = dict(record["spec"], attack_options={k: v for k, v in opts.items() if k not in EVAL_ONLY_OPTIONS})
+        attack = dict(acfg, config={k: v for k, v in (acfg.get("config") or {}).items() if k not in EVAL_ONLY_OPTIONS})
+        plain = record_cell_key(dict(record, spec=spec, config=dict(record["config"], attack=attack)))
+        if plain is not None:
+            keys.append(plain)
+    return keys
+
+
 def _point_cell(store, r: Resolved, rart) -> None:
     """Write the ``cell`` pointer (cell spec → record artifact) that lets a grid skip a finished cell."""
     key = cell_key(r)

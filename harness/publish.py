@@ -187,9 +187,12 @@ def published_cells(root: str | Path, profile: str) -> dict[str, tuple[dict, Pat
     ``root/<profile>/``: what ``sdd-bench grid --publish ROOT`` counts as finished, so a grid resumed on an empty
     work dir (a new machine, a pruned cache) runs only the cells the repository does not hold yet.  A record whose
     configs differ from today's (a changed default, another build of the base model) has another key and is not
-    matched: its cell is run again.  Unreadable files are skipped (``tests/test_publish.py`` checks them)."""
-    from .pipeline import record_cell_key
+    matched: its cell is run again.  A record of an attack trajectory also answers the same cell without one
+    (``pipeline.record_cell_keys``); a record of the cell itself is preferred.  Unreadable files are skipped
+    (``tests/test_publish.py`` checks them)."""
+    from .pipeline import record_cell_keys
     out: dict[str, tuple[dict, Path]] = {}
+    derived: dict[str, tuple[dict, Path]] = {}
     d = Path(root) / profile
     if not d.is_dir():
         return out
@@ -198,10 +201,11 @@ def published_cells(root: str | Path, profile: str) -> dict[str, tuple[dict, Pat
             rec = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        key = record_cell_key(rec) if isinstance(rec, dict) else None
-        if key is not None:
-            out[key] = (rec, f)
-    return out
+        keys = record_cell_keys(rec) if isinstance(rec, dict) else []
+        if keys:
+            out[keys[0]] = (rec, f)
+            derived.update({k: (rec, f) for k in keys[1:]})
+    return {**derived, **out}
 
 
 def store_records(workdir: str | Path) -> list[tuple[dict, str]]:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, fields, replace
 from statistics import NormalDist, fmean, stdev
 from typing import Callable, Iterable
 
+from sdd_bench.attacks.finetune import EVAL_ONLY_OPTIONS
+
 from .records import Loaded, ReportError
 
 Z95 = NormalDist().inv_cdf(0.975)
@@ -153,7 +155,7 @@ def setting_of(record: dict) -> Setting:
 
 
 # attack options that add evaluations without changing the attacked model: not part of the setting
-EVAL_ONLY = ("checkpoints",)
+EVAL_ONLY = EVAL_ONLY_OPTIONS
 
 
 def seed_of(record: dict) -> int:

@@ -145,3 +145,34 @@ def test_lora_checkpoints_are_adapters_or_merged_like_the_final_model(tiny_ref, 
     assert final2.adapter is None and ck.adapter is None  # over an adapter: merged (in a copy), like the final
     n_params = [sum(p.numel() for p in models.load(r, device="cpu")[0].parameters()) for r in (ck, final2)]
     assert n_params[0] == n_params[1]
+
+
+def _record_of(r):
+    """What a finished cell's record holds of its identity (harness/pipeline.py: run_cell), through JSON."""
+    from sdd_bench.harness import config as C
+    from sdd_bench.harness import models
+    return json.loads(json.dumps({"spec": C.to_dict(r.spec), "config": pipeline.run_config(r),
+                                  "cell": {"model": r.model}, "artifacts": {"model": f"model/{models.model_key(r.model)}"}}))
+
+
+def test_a_published_trajectory_answers_the_same_cell_without_one(tmp_path):
+    """The trajectory run trains the same attacked model and evaluates it the same way (it only also saves it on
+    the way): a grid resumed with --publish does not train that attack again for the plain cell; the reverse does
+    not hold (a plain record has no trajectory), and a record of the plain cell itself is preferred."""
+    from sdd_bench.harness import publish as P
+    traj = pipeline.resolve(_spec())
+    plain = pipeline.resolve(_spec(attack_options={"max_steps": 4}))
+    other = pipeline.resolve(_spec(attack_options={"max_steps": 8, "checkpoints": [0.5, 1.0]}))
+    keys = pipeline.record_cell_keys(_record_of(traj))
+    assert keys == [pipeline.cell_key(traj), pipeline.cell_key(plain)]
+    assert pipeline.record_cell_keys(_record_of(plain)) == [pipeline.cell_key(plain)]
+    assert pipeline.cell_key(plain) not in pipeline.record_cell_keys(_record_of(other))  # other steps: another model
+    d = tmp_path / "results" / "tiny"
+    d.mkdir(parents=True)
+    (d / "a.json").write_text(json.dumps(_record_of(traj)))
+    found = P.published_cells(tmp_path / "results", "tiny")
+    assert {k: f.name for k, (_, f) in found.items()} == {pipeline.cell_key(traj): "a.json",
+                                                          pipeline.cell_key(plain): "a.json"}
+    (d / "z.json").write_text(json.dumps(_record_of(plain)))  # sorted after a.json: still the plain cell's own record
+    found = P.published_cells(tmp_path / "results", "tiny")
+    assert found[pipeline.cell_key(plain)][1].name == "z.json" and found[pipeline.cell_key(traj)][1].name == "a.json"
