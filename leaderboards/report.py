@@ -13,7 +13,8 @@ directory gets the paper-shaped views ``headline.{csv,md}`` (worst case per defe
 malicious attack, plain and capability-bounded, with the verdict), ``table1_paper.{csv,md}``
 (malicious attacks: HS / HR in %, XSTest over-refusal), ``table2_paper.{csv,md}`` (capability:
 Vanilla / +defense / +BFT / +MFT with Δ %), ``finetune_accuracy.{csv,md}``, ``lr_sweep.{csv,md}``
-(SEAM's attack-lr sweep: harm / capability per lr, Δ capability and SEAM's verdict); the long forms
+(SEAM's attack-lr sweep: harm / capability per lr, Δ capability and SEAM's verdict), ``compute.{csv,md}``
+(the measured stage times behind the records: ``leaderboards/compute.py``); the long forms
 ``long.csv``, ``table1.{csv,md}``, ``table2.{csv,md}``, ``worst_case.{csv,md}``; the figures whose
 data is present (with ``figures.json``: one colour per defense), ``index.html`` and ``report.log``
 (what was chosen, skipped or dropped, and why).  Every interval comes from
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import aggregate as A
+from . import compute as C
 from . import figures as F
 from . import html as H
 from . import reference as R
@@ -519,6 +521,7 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
     inputs = [str(normalize(i)) for i in inputs]  # one spelling per path: the report names its inputs
     loaded = load(inputs, workdir=workdir, log=log)
     n_loaded = len(loaded)
+    compute = C.compute_rows(x.record for x in loaded)  # before deduplication: a dropped duplicate's own stages ran too
     loaded = deduplicate(loaded, A.replicate_key, log=log)
     records = [x.record for x in loaded]
     harm = A.choose_harm_metric(records, harm_metric)
@@ -565,9 +568,11 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
     (out_dir / "finetune_accuracy.md").write_text(pfa_md)
     (out_dir / "lr_sweep.md").write_text(plr_md)
     (out_dir / "headline.md").write_text(headline_md(head, th))
+    _write_csv(out_dir / "compute.csv", compute, C.COMPUTE_COLUMNS)
+    (out_dir / "compute.md").write_text(C.compute_md(compute))
     report.files += ["table1_paper.csv", "table1_paper.md", "table2_paper.csv", "table2_paper.md",
                      "finetune_accuracy.csv", "finetune_accuracy.md", "lr_sweep.csv", "lr_sweep.md", "headline.csv",
-                     "headline.md"]
+                     "headline.md", "compute.csv", "compute.md"]
     report.files += ["long.csv", "table1.csv", "table1.md", "table2.csv", "table2.md", "worst_case.csv",
                      "worst_case.md"]
     traj = A.trajectory_rows(res)

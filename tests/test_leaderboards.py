@@ -522,6 +522,43 @@ def test_reference_data_is_sourced_and_kept_apart(tmp_path):
     assert "2505.12186: 0 numbers" in paper  # SEAM: not found, and said so
 
 
+def _timed(rec, defense_key=None, defense_s=None, attack_key=None, attack_s=None, cap=()):
+    """Give a synthetic record the stage artifacts and times the pipeline writes."""
+    if defense_key:
+        rec["artifacts"]["defense"] = defense_key
+        rec["defense_info"] = {"seconds": defense_s, "steps": 40, "seconds_per_step": defense_s / 40, "device": "cpu"}
+    if attack_key:
+        rec["artifacts"]["attack"] = attack_key
+        rec["attack_info"] = {"seconds": attack_s, "steps": 40, "device": "cpu"}  # no seconds_per_step: derived
+    for cond, key, secs in cap:
+        rec["artifacts"][f"{cond}/capability"] = key
+        rec["metrics"][cond].setdefault("capability", {})["seconds"] = secs
+    return rec
+
+
+def test_compute_counts_each_artifact_once_with_its_measured_time(tmp_path):
+    recs = [_timed(make_record("sdd", "none"), "defend/d1", 600.0, cap=[("initial", "capability/c0", 60.0)]),
+            _timed(make_record("sdd", "advbench-100"), "defend/d1", 600.0, "attack/a1", 300.0,
+                   cap=[("initial", "capability/c0", 60.0), ("attacked", "capability/c1", 90.0)]),
+            _timed(make_record("sdd", "advbench-10", n=10, attack_options={"lr": 2e-4}), "defend/d1", 600.0,
+                   "attack/a2", 200.0, cap=[("initial", "capability/c0", 60.0), ("attacked", "capability/c2", 30.0)]),
+            make_record("none", "advbench-100")]  # an older record without stage times adds nothing
+    report(tmp_path, recs)
+    rows = read_csv(tmp_path / "out" / "compute.csv")
+    by = {r["artifact"]: r for r in rows}
+    assert set(by) == {"defend/d1", "attack/a1", "attack/a2", "capability/c0", "capability/c1", "capability/c2"}
+    assert by["defend/d1"]["records"] == "3" and float(by["defend/d1"]["seconds"]) == 600.0
+    assert float(by["attack/a2"]["seconds_per_step"]) == 5.0 and by["attack/a2"]["attack"] == "advbench-10 [lr=0.0002]"
+    assert by["capability/c0"]["records"] == "3"
+    assert [r["stage"] for r in rows] == ["defend", "attack", "attack", "capability", "capability", "capability"]
+    md = (tmp_path / "out" / "compute.md").read_text()
+    total_h = (600 + 300 + 200 + 60 + 90 + 30) / 3600
+    assert f"| **timed total** | 6 | **{total_h:.2f}** |" in md
+    assert "| defend | 1 | 0.17 | 10.0 |" in md and "| attack | 2 | 0.14 | 4.2 |" in md
+    assert "not timed in records" in md  # what is missing is named, not estimated
+    assert "| tiny-a | sdd | advbench-10 [lr=0.0002] | 40 | 5.0 | 3.3 | cpu | 1 |" in md
+
+
 def test_report_of_a_real_tiny_cell(store, capsys):
     from sdd_bench.harness.pipeline import RunSpec, run_cell
     rec, art = run_cell(RunSpec(profile="tiny", defense="sdd", attack="advbench-10", capability=True), store,
@@ -536,6 +573,9 @@ def test_report_of_a_real_tiny_cell(store, capsys):
     assert rep.results.harm.primary.key == "harm-clf:harmful_rate"  # run's default CPU harmfulness judge
     t2 = read_csv(out / "table2.csv")
     assert {r["quantity"] for r in t2} >= {"capability:arc_easy", "capability_mean"}
+    compute = read_csv(out / "compute.csv")  # the pipeline's own stage times, read back
+    assert {r["stage"] for r in compute} == {"defend", "attack", "capability"}
+    assert all(float(r["seconds"]) > 0 for r in compute if r["stage"] != "capability")
     with capsys.disabled():
         print("\n" + (out / "table1.md").read_text().split("## Paper")[0])
         print((out / "table2.md").read_text().split("## Paper")[0])
