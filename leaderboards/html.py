@@ -34,6 +34,10 @@ TABLES = {
         ("ub_n_cells", "cells ≥ bound"), ("ub_excluded_low_capability", "below bound"),
         ("ub_excluded_no_capability", "no capability"), ("breaks", "verdict"),
         ("note", "note")]),
+    "compute": ("Compute: measured stage times behind these records (each artifact once; compute.md has totals)", [
+        ("stage", "stage"), ("model", "model"), ("defense", "defense"), ("attack", "attack"), ("steps", "steps"),
+        ("seconds_per_step", "s / step"), ("seconds", "seconds"), ("device", "device"), ("records", "records using it"),
+        ("artifact", "artifact")]),
     "reference": ("Paper (reference) numbers, shown beside ours, never mixed in", [
         ("paper", "paper"), ("arxiv", "arXiv"), ("table", "table"), ("model", "model"), ("defense", "defense"),
         ("attack", "attack"), ("metric", "metric"), ("value", "paper value"), ("unit", "unit"),
@@ -163,7 +167,7 @@ def page(*, title: str, summary: list[str], tables: dict[str, list[dict]], figur
              "<p>Click a column header to sort. CSV files: "
              + ", ".join(f"<a href='{n}'>{n}</a>" for n in ("long.csv", "headline.csv", "table1_paper.csv", "table2_paper.csv",
                                                           "finetune_accuracy.csv", "lr_sweep.csv", "table1.csv", "table2.csv",
-                                                          "worst_case.csv", "figures.json"))
+                                                          "worst_case.csv", "compute.csv", "figures.json"))
              + ".</p>"]
     parts.append(_section("headline", tables.get("headline", []), headline_intro or ""))
     if "heatmap_defense_attack.png" in figures:
@@ -184,6 +188,8 @@ def page(*, title: str, summary: list[str], tables: dict[str, list[dict]], figur
         parts.append(_section(tid, rows, intro, columns=cols or [("defense", "defense")]))
     for tid in ("table2", "worst"):
         parts.append(_section(tid, tables.get(tid, [])))
+    parts.append(_section("compute", tables.get("compute", []), "<p>Wall-clock seconds under the load each stage ran "
+                          "with; generation, judging and building the base model are not timed in records.</p>"))
     if figures:
         parts.append("<section id='figures'><h2>Figures</h2>" + "".join(_figure_html(f) for f in figures
                                                                          if f != "heatmap_defense_attack.png")

@@ -606,7 +606,8 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
         # the page shows short model names everywhere (the CSVs keep the full identity)
         tables={"headline": [dict(r, model=short_model(r["model"])) for r in head], "table1": p1_html, "table2_paper": p2_html,
                 "finetune": pfa_html, "lr_sweep": plr_html, "table2": [dict(r, model=short_model(r["model"])) for r in t2],
-                "worst": [dict(r, model=short_model(r["model"])) for r in worst]}, figures=figs,
+                "worst": [dict(r, model=short_model(r["model"])) for r in worst],
+                "compute": [dict(r, model=short_model(r["model"])) for r in compute]}, figures=figs,
         reference=ref_rows, reference_sources=ref_sources, log_lines=log_lines,
         headline_intro="<p>" + H.html.escape(headline_md(head, th).split("\n\n", 2)[1]) + "</p>"
         + "".join(f"<p class='weak'><strong>{H.html.escape(r['model'])}: the attacks do not break the undefended "

@@ -557,6 +557,8 @@ def test_compute_counts_each_artifact_once_with_its_measured_time(tmp_path):
     assert "| defend | 1 | 0.17 | 10.0 |" in md and "| attack | 2 | 0.14 | 4.2 |" in md
     assert "not timed in records" in md  # what is missing is named, not estimated
     assert "| tiny-a | sdd | advbench-10 [lr=0.0002] | 40 | 5.0 | 3.3 | cpu | 1 |" in md
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert '<section id="compute">' in page and "capability/c2" in page and "href='compute.csv'" in page
 
 
 def test_report_of_a_real_tiny_cell(store, capsys):
