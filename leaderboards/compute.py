@@ -8,6 +8,10 @@ records name it (a defended model serves its initial cell and every attack on it
 * ``attack``: a fine-tuning attack's training or a refusal ablation's search (``attack_info``);
 * ``capability``: one lm-eval run of a model (``metrics.<condition>.capability.seconds``).
 
+An artifact built more than once (the same store key trained again on a fresh work dir by a later session)
+has several measurements: its row gives their median and ``builds`` says how many distinct ones there were,
+so totals are what the leaderboard costs computed once.
+
 Generation and judging are not timed in records, and neither is building the base model (the aligned
 smoke base is its refusal SFT); they are named as missing, never estimated here.  Times are wall-clock
 seconds on the machine and under the load the stage ran with (records made beside another grid process
@@ -19,7 +23,7 @@ from statistics import median
 from typing import Iterable
 
 COMPUTE_COLUMNS = ["stage", "model", "defense", "attack", "artifact", "steps", "seconds", "seconds_per_step",
-                   "device", "records"]
+                   "device", "records", "builds"]
 STAGES = ("defend", "attack", "capability")
 NOT_TIMED = "generation, judging and building the base model are not timed in records"
 
@@ -31,20 +35,22 @@ def _attack_label(rec: dict) -> str:
 
 
 def _row(stage: str, rec: dict, key: str, info: dict, attack: str) -> dict:
-    secs = info.get("seconds")
-    steps = info.get("steps")
-    sps = info.get("seconds_per_step")
-    if sps is None and secs is not None and steps:
-        sps = secs / steps
     return {"stage": stage, "model": rec["cell"]["model"], "defense": rec["cell"]["defense"], "attack": attack,
-            "artifact": key, "steps": steps if steps else "", "seconds": round(secs, 1),
-            "seconds_per_step": round(sps, 2) if sps is not None else "", "device": info.get("device", ""),
-            "records": 1}
+            "artifact": key, "steps": info.get("steps") or "", "seconds": [float(info["seconds"])],
+            "device": info.get("device", ""), "records": 1}
+
+
+def _finish(row: dict) -> dict:
+    builds = sorted(set(row["seconds"]))
+    secs = median(builds)
+    return dict(row, seconds=round(secs, 1), builds=len(builds),
+                seconds_per_step=round(secs / row["steps"], 2) if row["steps"] else "")
 
 
 def compute_rows(records: Iterable[dict]) -> list[dict]:
-    """One row per timed artifact the records name (first record naming it gives the numbers; ``records``
-    counts how many name it).  Artifacts without a time (a cached stage of an older record) are skipped."""
+    """One row per timed artifact the records name: its median measured time over distinct builds, how many
+    records name it (``records``) and how many distinct measurements there were (``builds``).  Artifacts
+    without a time (a cached stage of an older record) are skipped."""
     rows: dict[str, dict] = {}
     for rec in records:
         arts = rec.get("artifacts") or {}
@@ -62,10 +68,11 @@ def compute_rows(records: Iterable[dict]) -> list[dict]:
         for stage, key, info, attack in found:
             if key in rows:
                 rows[key]["records"] += 1
+                rows[key]["seconds"].append(float(info["seconds"]))
             else:
                 rows[key] = _row(stage, rec, key, info, attack)
-    return sorted(rows.values(), key=lambda r: (STAGES.index(r["stage"]), r["model"], r["defense"], r["attack"],
-                                                r["artifact"]))
+    return sorted((_finish(r) for r in rows.values()),
+                  key=lambda r: (STAGES.index(r["stage"]), r["model"], r["defense"], r["attack"], r["artifact"]))
 
 
 def compute_md(rows: list[dict]) -> str:
@@ -73,7 +80,7 @@ def compute_md(rows: list[dict]) -> str:
              "Measured stage times read back from the records, each trained or evaluated artifact once (by its store "
              f"key) however many records use it. Not included: {NOT_TIMED}. Wall-clock times on the machine and "
              "under the load each stage ran with (two grid processes on two cores are slower per process than one "
-             "alone).", ""]
+             "alone). An artifact built more than once (on a fresh work dir) shows the median of its builds.", ""]
     if not rows:
         return "\n".join(lines + ["No record carries stage times.", ""]) + "\n"
     lines += ["| stage | artifacts | total (h) | median per artifact (min) |", "|---|---|---|---|"]
@@ -89,10 +96,11 @@ def compute_md(rows: list[dict]) -> str:
         part = [r for r in rows if r["stage"] == stage]
         if not part:
             continue
-        lines += [f"## {title}", "", "| model | defense | attack | steps | s / step | minutes | device | records |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {title}", "",
+                  "| model | defense | attack | steps | s / step | minutes | device | records | builds |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['defense']} | {r['attack'] or '—'} | {r['steps'] or '—'} | "
                   f"{r['seconds_per_step'] if r['seconds_per_step'] != '' else '—'} | {r['seconds'] / 60:.1f} | "
-                  f"{r['device'] or '—'} | {r['records']} |" for r in part]
+                  f"{r['device'] or '—'} | {r['records']} | {r['builds']} |" for r in part]
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -36,7 +36,7 @@ TABLES = {
         ("note", "note")]),
     "compute": ("Compute: measured stage times behind these records (each artifact once; compute.md has totals)", [
         ("stage", "stage"), ("model", "model"), ("defense", "defense"), ("attack", "attack"), ("steps", "steps"),
-        ("seconds_per_step", "s / step"), ("seconds", "seconds"), ("device", "device"), ("records", "records using it"),
+        ("seconds_per_step", "s / step"), ("seconds", "seconds"), ("device", "device"), ("records", "records using it"), ("builds", "builds (median shown)"),
         ("artifact", "artifact")]),
     "reference": ("Paper (reference) numbers, shown beside ours, never mixed in", [
         ("paper", "paper"), ("arxiv", "arXiv"), ("table", "table"), ("model", "model"), ("defense", "defense"),

@@ -540,23 +540,26 @@ def test_compute_counts_each_artifact_once_with_its_measured_time(tmp_path):
     recs = [_timed(make_record("sdd", "none"), "defend/d1", 600.0, cap=[("initial", "capability/c0", 60.0)]),
             _timed(make_record("sdd", "advbench-100"), "defend/d1", 600.0, "attack/a1", 300.0,
                    cap=[("initial", "capability/c0", 60.0), ("attacked", "capability/c1", 90.0)]),
-            _timed(make_record("sdd", "advbench-10", n=10, attack_options={"lr": 2e-4}), "defend/d1", 600.0,
+            # the same defended model trained again on a fresh work dir (same key, another measured time)
+            _timed(make_record("sdd", "advbench-10", n=10, attack_options={"lr": 2e-4}), "defend/d1", 800.0,
                    "attack/a2", 200.0, cap=[("initial", "capability/c0", 60.0), ("attacked", "capability/c2", 30.0)]),
             make_record("none", "advbench-100")]  # an older record without stage times adds nothing
     report(tmp_path, recs)
     rows = read_csv(tmp_path / "out" / "compute.csv")
     by = {r["artifact"]: r for r in rows}
     assert set(by) == {"defend/d1", "attack/a1", "attack/a2", "capability/c0", "capability/c1", "capability/c2"}
-    assert by["defend/d1"]["records"] == "3" and float(by["defend/d1"]["seconds"]) == 600.0
+    assert by["defend/d1"]["records"] == "3" and by["defend/d1"]["builds"] == "2"
+    assert float(by["defend/d1"]["seconds"]) == 700.0 and float(by["defend/d1"]["seconds_per_step"]) == 17.5
     assert float(by["attack/a2"]["seconds_per_step"]) == 5.0 and by["attack/a2"]["attack"] == "advbench-10 [lr=0.0002]"
     assert by["capability/c0"]["records"] == "3"
     assert [r["stage"] for r in rows] == ["defend", "attack", "attack", "capability", "capability", "capability"]
     md = (tmp_path / "out" / "compute.md").read_text()
-    total_h = (600 + 300 + 200 + 60 + 90 + 30) / 3600
+    total_h = (700 + 300 + 200 + 60 + 90 + 30) / 3600  # the median build once, not both builds
     assert f"| **timed total** | 6 | **{total_h:.2f}** |" in md
-    assert "| defend | 1 | 0.17 | 10.0 |" in md and "| attack | 2 | 0.14 | 4.2 |" in md
+    assert "| defend | 1 | 0.19 | 11.7 |" in md and "| attack | 2 | 0.14 | 4.2 |" in md
     assert "not timed in records" in md  # what is missing is named, not estimated
-    assert "| tiny-a | sdd | advbench-10 [lr=0.0002] | 40 | 5.0 | 3.3 | cpu | 1 |" in md
+    assert "| tiny-a | sdd | advbench-10 [lr=0.0002] | 40 | 5.0 | 3.3 | cpu | 1 | 1 |" in md
+    assert "| tiny-a | sdd | — | 40 | 17.5 | 11.7 | cpu | 3 | 2 |" in md
     page = (tmp_path / "out" / "index.html").read_text()
     assert '<section id="compute">' in page and "capability/c2" in page and "href='compute.csv'" in page
 
