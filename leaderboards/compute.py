@@ -22,6 +22,8 @@ from __future__ import annotations
 from statistics import median
 from typing import Iterable
 
+from .aggregate import _options
+
 COMPUTE_COLUMNS = ["stage", "model", "defense", "attack", "artifact", "steps", "seconds", "seconds_per_step",
                    "device", "records", "builds"]
 STAGES = ("defend", "attack", "capability")
@@ -29,8 +31,7 @@ NOT_TIMED = "generation, judging and building the base model are not timed in re
 
 
 def _attack_label(rec: dict) -> str:
-    opts = (rec.get("spec") or {}).get("attack_options") or {}
-    extra = ",".join(f"{k}={v}" for k, v in sorted(opts.items()))
+    extra = _options((rec.get("spec") or {}).get("attack_options"), "")
     return rec["cell"]["attack"] + (f" [{extra}]" if extra else "")
 
 

@@ -11,6 +11,8 @@ import html
 import json
 import math
 
+from .compute import NOT_TIMED
+
 TABLES = {
     "headline": ("Headline: worst case per defense over every malicious attack (sorted: safest first)", [
         ("model", "model"), ("profile", "profile"), ("defense_label", "defense"), ("verdict", "verdict"),
@@ -189,7 +191,7 @@ def page(*, title: str, summary: list[str], tables: dict[str, list[dict]], figur
     for tid in ("table2", "worst"):
         parts.append(_section(tid, tables.get(tid, [])))
     parts.append(_section("compute", tables.get("compute", []), "<p>Wall-clock seconds under the load each stage ran "
-                          "with; generation, judging and building the base model are not timed in records.</p>"))
+                          f"with; {html.escape(NOT_TIMED)}.</p>"))
     if figures:
         parts.append("<section id='figures'><h2>Figures</h2>" + "".join(_figure_html(f) for f in figures
                                                                          if f != "heatmap_defense_attack.png")
