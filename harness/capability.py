@@ -520,6 +520,9 @@ FA_TASKS: dict[str, FATask] = {t.name: t for t in [
                                       "is in the output"),
     FATask("fa_gsm8k", "gsm8k", 256, "GSM8K test: final number of the output equals the gold final answer"),
 ]}
+# BFT training data -> the task whose held-out split grades it.  Open-ended data (ShareGPT, Alpaca, Dolly)
+# has no gold answer, so no fine-tuning accuracy is defined for it.
+FA_FOR_DATASET = {"sst2-train": "fa_sst2", "agnews-train": "fa_agnews", "gsm8k-train": "fa_gsm8k"}
 _LABEL_WORDS = {"fa_sst2": ("negative", "positive"), "fa_agnews": ("World", "Sports", "Business", "Sci/Tech")}
 _NUM = re.compile(r"-?\d+(?:\.\d+)?")
 _FINAL_MARKERS = re.compile(r"(?:the final answer is|####)", re.IGNORECASE)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as C
+from .capability import FA_FOR_DATASET
 from .errors import ConfigError, SddBenchError
 
 EVAL_SEED = 1234  # fixed: every cell of every seed is evaluated on the same prompts
@@ -422,9 +423,6 @@ def capability(store, ref, r: Resolved, log, loaded=None) -> tuple[dict | None, 
                                     device=r.spec.device, loaded=loaded)
     log(f"  capability {','.join(r.profile.capability_tasks)}: {'cache hit' if hit else 'done'} ({time.time() - t0:.0f}s)")
     return json.loads((art.path / "results.json").read_text()), art.ref()
-
-
-FA_FOR_DATASET = {"sst2-train": "fa_sst2", "agnews-train": "fa_agnews", "gsm8k-train": "fa_gsm8k"}
 
 
 def finetune_accuracy(store, ref, r: Resolved, log, loaded=None) -> dict | None:

@@ -359,6 +359,8 @@ def test_paper_shaped_tables(tmp_path):
                          rubric=(4.0, 0.7, 0.0))
     poison["cell"]["attack_kind"] = "poison"
     recs.append(poison)
+    recs.append(make_record("none", "sharegpt-1k", dataset="sharegpt", n=1000, rubric0=(1.1, 0.0, 0.5),
+                            rubric=(2.0, 0.3, 0.2)))  # BFT on open-ended chat: no task accuracy exists
     rep = report(tmp_path, recs)
     assert "p0.1" not in (rep.out / "table1_paper.md").read_text()  # poison mixes: headline, not Table 1
     assert next(r for r in read_csv(rep.out / "headline.csv") if r["defense"] == "none")["n_attacks"] == "3"
@@ -380,6 +382,9 @@ def test_paper_shaped_tables(tmp_path):
     assert "(Δ -25%)" in mean and "(Δ -38%)" in mean  # 0.6 vs 0.8 and 0.5 vs 0.8, relative, in %
     fa = (rep.out / "finetune_accuracy.md").read_text()
     assert "sst2-1k (fa_sst2)" in fa and "(None)" not in fa and "90.0 [" in fa
+    header = next(line for line in fa.splitlines() if line.startswith("| defense |"))
+    assert "sharegpt" not in header  # not a column of dashes that reads as "not run yet" …
+    assert "No task accuracy is defined for sharegpt-1k (sharegpt)" in fa  # … but said why it is absent
 
 
 def test_usable_harm_from_the_judges_item_verdicts(tmp_path):
