@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as C
-from .capability import FA_FOR_DATASET
+from .capability import FA_FOR_DATASET, FA_TASKS
 from .errors import ConfigError, SddBenchError
 
 EVAL_SEED = 1234  # fixed: every cell of every seed is evaluated on the same prompts
@@ -291,7 +291,6 @@ def check_disjoint(r: Resolved, sets: dict, built: dict) -> dict:
         rows, _ = built["attack"]
         groups[f"attack:{r.attack.name}"] = [x["prompt"] for x in rows if x["kind"] == "harmful"]
         if r.attack.cfg.dataset in FA_FOR_DATASET:  # task training rows vs the task's evaluation split
-            from .capability import FA_TASKS
             groups[f"attack-task:{r.attack.name}"] = [x["prompt"] for x in rows if x["kind"] == "benign"]
             groups["eval:fa"] = [x["prompt"] for x in data.load(FA_TASKS[FA_FOR_DATASET[r.attack.cfg.dataset]].dataset)]
     overlap = data.overlap_report(groups)
@@ -324,7 +323,6 @@ def preflight(r: Resolved) -> tuple[dict, dict, dict]:
             built["attack"] = r.attack.build_data(attack_seed(r.attack, r.spec.seed))
         if r.attack.cfg.dataset in FA_FOR_DATASET:
             from . import data
-            from .capability import FA_TASKS
             data.load(FA_TASKS[FA_FOR_DATASET[r.attack.cfg.dataset]].dataset)
     overlap = check_disjoint(r, sets, built)  # overlapping prompts fail here, not after hours of training
     return sets, built, overlap
