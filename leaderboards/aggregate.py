@@ -101,7 +101,9 @@ class Setting:
 SETTING_COLUMNS = [f.name for f in fields(Setting)]
 
 
-def _options(d: dict | None, prefix: str) -> str:
+def options_label(d: dict | None, prefix: str) -> str:
+    """The short, sorted `k=v,…` label of an options dict as the leaderboard columns show it (each key
+    prefixed, nested values as JSON); "" when there are none."""
     if not d:
         return ""
     return ",".join(f"{prefix}{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in sorted(d.items()))
@@ -140,8 +142,8 @@ def setting_of(record: dict) -> Setting:
     cell, spec = record["cell"], _normalized_spec(record.get("spec") or {})
     atk = ((record.get("config") or {}).get("attack")) or {}
     acfg, ares = atk.get("config") or {}, atk.get("resolved") or {}
-    defense_options = ",".join(x for x in (_options(spec.get("base_defense_options"), "base."),
-                                           _options(spec.get("defense_options"), "")) if x)
+    defense_options = ",".join(x for x in (options_label(spec.get("base_defense_options"), "base."),
+                                           options_label(spec.get("defense_options"), "")) if x)
     attacked = cell.get("attack") not in (None, "none")
     return Setting(
         model=str(cell.get("model")), profile=str(cell.get("profile")), defense=str(cell.get("defense")),
@@ -150,7 +152,7 @@ def setting_of(record: dict) -> Setting:
         attack_dataset=acfg.get("dataset") if attacked else None, attack_n=acfg.get("n") if attacked else None,
         attack_lr=ares.get("lr") if attacked else None, attack_epochs=ares.get("epochs") if attacked else None,
         attack_lora=acfg.get("lora") if attacked else None,
-        attack_options=_options({k: v for k, v in (spec.get("attack_options") or {}).items() if k not in EVAL_ONLY},
+        attack_options=options_label({k: v for k, v in (spec.get("attack_options") or {}).items() if k not in EVAL_ONLY},
                                 "") if attacked else "")
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from statistics import median
 from typing import Iterable
 
-from .aggregate import _options
+from .aggregate import options_label
 
 COMPUTE_COLUMNS = ["stage", "model", "defense", "attack", "artifact", "steps", "seconds", "seconds_per_step",
                    "device", "records", "builds"]
@@ -31,7 +31,7 @@ NOT_TIMED = "generation, judging and building the base model are not timed in re
 
 
 def _attack_label(rec: dict) -> str:
-    extra = _options((rec.get("spec") or {}).get("attack_options"), "")
+    extra = options_label((rec.get("spec") or {}).get("attack_options"), "")
     return rec["cell"]["attack"] + (f" [{extra}]" if extra else "")
 
 
