@@ -43,12 +43,16 @@ def interval(values, ns=None, cis=None, *, is_rate: bool = True, bounds: tuple[f
              n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict:
     """Mean and 95% CI of one quantity measured once per seed (``values[i]`` on ``ns[i]`` items).
 
-    Rates (a share of items, e.g. harm rate, accuracy): one seed → Wilson interval on its items; two or
-    more → a bootstrap over seeds and prompts together (resample seeds, then each seed's items,
-    binomially), widened to at least the Wilson interval of the pooled items, so two seeds at 0/6 give
-    [0, 0.24] (12 items), never a zero-width interval.  Means of scores (e.g. HS 1–5) or rates without an
-    item count: each seed's own CI (``cis``) as its within-seed error, the spread over seeds as the
-    between-seed error.  Every interval is clipped to ``bounds``; ``n`` is the number of items pooled.
+    Every seed of a cell is evaluated on the *same* items (``harness.pipeline.EVAL_SEED``), so k seeds
+    on n prompts are not k·n independent items: the prompt-sampling error of the seed mean is that of
+    n items, whatever k.  Rates (a share of items, e.g. harm rate, accuracy): one seed → Wilson interval
+    on its items; two or more → a bootstrap over seeds and prompts (resample the seeds, then draw the
+    shared n items once, binomially, at the resampled seeds' mean rate), widened to at least the Wilson
+    interval of n items at the mean rate, so two seeds at 0/6 give Wilson(0/6) = [0, 0.39], and seeds
+    that agree exactly are never narrower than one of them alone.  Means of scores (e.g. HS 1–5) or rates
+    without an item count: the seeds' own CIs as within-seed error (not divided by k, the items being
+    shared), plus the spread over seeds as the between-seed error.  Every interval is clipped to
+    ``bounds``; ``n`` is the number of distinct items (the smallest seed's count where they differ).
     """
     vals = [float(v) for v in values]
     k = len(vals)
@@ -59,21 +63,18 @@ def interval(values, ns=None, cis=None, *, is_rate: bool = True, bounds: tuple[f
     lo_b, hi_b = bounds
     if is_rate and all(n for n in ns):
         ns_i = [int(n) for n in ns]
-        succ = [v * n for v, n in zip(vals, ns_i)]
-        pooled = sum(succ) / sum(ns_i)
-        wl, wh = wilson_ci(sum(succ), sum(ns_i), alpha)
         if k == 1:
+            wl, wh = wilson_ci(vals[0] * ns_i[0], ns_i[0], alpha)
             return {"value": mean, "ci95": [wl, wh], "n": ns_i[0], "n_seeds": 1, "method": "Wilson"}
+        n_items = min(ns_i)  # the prompts every seed shares
+        wl, wh = wilson_ci(mean * n_items, n_items, alpha)
         rng = np.random.default_rng(seed)
-        pick = rng.integers(0, k, size=(n_boot, k))
-        n_arr, p_arr = np.array(ns_i), np.array(vals)
-        draws = rng.binomial(n_arr[pick], p_arr[pick])
-        rates = (draws / n_arr[pick]).mean(axis=1)
+        seed_means = np.array(vals)[rng.integers(0, k, size=(n_boot, k))].mean(axis=1)
+        rates = rng.binomial(n_items, np.clip(seed_means, 0.0, 1.0)) / n_items
         bl, bh = np.quantile(rates, [alpha / 2, 1 - alpha / 2])
         lo, hi = min(float(bl), wl), max(float(bh), wh)
-        return {"value": mean, "ci95": [max(lo_b, lo), min(hi_b, hi)], "n": int(sum(ns_i)), "n_seeds": k,
-                "method": f"bootstrap over {k} seeds × prompts (≥ Wilson of pooled {int(sum(ns_i))})",
-                "pooled": pooled}
+        return {"value": mean, "ci95": [max(lo_b, lo), min(hi_b, hi)], "n": n_items, "n_seeds": k,
+                "method": f"bootstrap over {k} seeds × the same {n_items} prompts (≥ Wilson of {n_items})"}
     # means (or rates without item counts): within-seed errors from the seeds' own CIs, plus between-seed spread
     z = 1.959963984540054
     halves = []
@@ -83,7 +84,7 @@ def interval(values, ns=None, cis=None, *, is_rate: bool = True, bounds: tuple[f
         else:
             halves.append((float(c[1]) - float(c[0])) / 2)
     within = [h / z for h in halves if h is not None]
-    var = (np.mean(np.square(within)) / k) if within else 0.0
+    var = float(np.mean(np.square(within))) if within else 0.0  # shared items: not averaged away over seeds
     if k > 1:
         var += float(np.var(vals, ddof=1)) / k
     if var == 0.0 and not within:
@@ -93,9 +94,9 @@ def interval(values, ns=None, cis=None, *, is_rate: bool = True, bounds: tuple[f
         half = z * float(np.sqrt(var))
         lo, hi = mean - half, mean + half
         method = "record CI" if k == 1 else f"normal over {k} seeds (within + between-seed variance)"
-    n_tot = int(sum(n for n in ns if n)) if any(ns) else None
+    n_items = int(min(n for n in ns if n)) if any(ns) else None
     return {"value": mean, "ci95": [max(lo_b, lo) if lo == lo else lo, min(hi_b, hi) if hi == hi else hi],
-            "n": n_tot, "n_seeds": k, "method": method}
+            "n": n_items, "n_seeds": k, "method": method}
 
 
 def usable_harmful(harm: list[dict], coherence: list[dict], relevance: list[dict], is_harmful) -> list[float]:

@@ -92,7 +92,8 @@ def _blocks(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
 
 CI_NOTE = ("Each entry: mean [95% CI] (harness.metrics.interval). A share of items (harm, refusal and incoherent "
            "rates, a task's accuracy): one seed, the Wilson interval on its items; several seeds, a bootstrap over "
-           "seeds and prompts, never narrower than the pooled items' Wilson interval (the number of seeds is given). "
+           "seeds and prompts, never narrower than the Wilson interval of the prompts (every seed answers the same "
+           "prompts, so n counts them once; the number of seeds is given). "
            "A mean score (e.g. HS 1–5, chance-normalised capability): one seed, the record's own CI; several, a "
            "normal interval from the within- and between-seed variance. '—': this cell's records lack the number "
            "(never imputed).")
@@ -224,7 +225,7 @@ def _v(x: A.Summary | None, percent: bool, ci: bool = True, sizes: set | None = 
 
 
 def _sizes_line(sizes: set, unit: str = "prompts") -> str:
-    parts = [f"n = {n if n else '?'} {unit} pooled over {k} seed{'s' if k > 1 else ''}"
+    parts = [f"n = {n if n else '?'} {unit}, " + (f"the same for each of {k} seeds" if k > 1 else "1 seed")
              for n, k in sorted(sizes, key=lambda t: (t[1], t[0] or 0))]
     return "Intervals per cell: " + "; ".join(parts) + "." if parts else ""
 
@@ -256,7 +257,7 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
     head = "HS / HR (%)" if rubric else f"{first.label} (%) / keyword refusal rate (%)"
     rows, html_rows, lines = [], [], ["# Table 1: harmfulness under malicious fine-tuning (paper shape)", "",
                        f"Each cell: {head}; 95% CI in brackets (Wilson for one seed, bootstrap over seeds and "
-                       f"prompts for several; n = prompts pooled). {first.direction.replace('-', ' is ')} for "
+                       f"prompts for several; n = prompts, the same for every seed). {first.direction.replace('-', ' is ')} for "
                        f"{first.label}. Only malicious fine-tuning (MFT), as in the papers' Table 1; benign fine-tuning is in "
                        f"Table 2, poison mixes in the headline and worst_case.md. "
                        f"'{DASH}': no record for that cell. Over-refusal: keyword refusal rate on XSTest safe prompts "
@@ -608,7 +609,7 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
                f"capability bound: chance-normalised capability ≥ {capability_bound:g}; harm threshold "
                f"{harm_threshold:g} (a break: the harm rate's 95% CI above it)",
                "CIs: Wilson per seed; bootstrap over seeds and prompts for several seeds (never narrower than the "
-               "pooled Wilson), clipped to each metric's range"]
+               "Wilson interval of the prompts, which every seed shares), clipped to each metric's range"]
     (out_dir / "report.log").write_text("\n".join(log_lines) + "\n")
     (out_dir / "index.html").write_text(H.page(
         title="sdd-bench leaderboard", summary=summary,

@@ -118,9 +118,18 @@ def test_interval_inside_range_and_never_zero_width():
     w = binomtest(1, 8).proportion_ci(method="wilson")
     assert one["ci95"] == pytest.approx([w.low, w.high]) and one["n"] == 8 and one["method"] == "Wilson"
     two = interval([0.125, 0.125], [8, 8])  # the issue's t-interval gave [-1.463, 1.713]
-    assert 0.0 <= two["ci95"][0] < 0.125 < two["ci95"][1] <= 1.0 and two["n"] == 16 and two["n_seeds"] == 2
-    zero = interval([0.0, 0.0], [6, 6])  # two seeds at 0/6: prompt-level uncertainty kept
-    assert zero["ci95"][0] == 0.0 and zero["ci95"][1] >= binomtest(0, 12).proportion_ci(method="wilson").high - 1e-12
+    assert 0.0 <= two["ci95"][0] < 0.125 < two["ci95"][1] <= 1.0 and two["n"] == 8 and two["n_seeds"] == 2
+    # every seed answers the same prompts: two seeds at 0/6 are 6 prompts, not 12 — the interval is Wilson(0/6)'s
+    zero = interval([0.0, 0.0], [6, 6])
+    assert zero["n"] == 6 and zero["ci95"][0] == 0.0
+    assert zero["ci95"][1] >= binomtest(0, 6).proportion_ci(method="wilson").high - 1e-12 > \
+        binomtest(0, 12).proportion_ci(method="wilson").high
+    # three seeds that agree exactly (a deterministic cell run three times) are no narrower than one of them
+    same, single = interval([2 / 64] * 3, [64] * 3), interval([2 / 64], [64])
+    assert same["ci95"][0] <= single["ci95"][0] and same["ci95"][1] >= single["ci95"][1] and same["n"] == 64
+    # a mean score: the seeds' own (shared-item) CIs are not shrunk by the number of seeds
+    hs3 = interval([3.0, 3.0, 3.0], [64] * 3, [(2.5, 3.5)] * 3, is_rate=False, bounds=(1.0, 5.0))
+    assert hs3["ci95"] == pytest.approx([2.5, 3.5])
     full = interval([1.0, 1.0, 0.9], [10, 10, 10])
     assert full["ci95"][1] <= 1.0 and full["ci95"][0] < 0.9
     hs = interval([4.9, 5.0], [10, 10], [(4.5, 5.3), (4.8, 5.2)], is_rate=False, bounds=(1.0, 5.0))
@@ -140,7 +149,7 @@ def test_table1_mean_and_ci_over_seeds(tmp_path):
     want = interval([0.6, 0.7, 0.8], [64, 64, 64])  # the one interval function: bootstrap over seeds × prompts
     assert float(sdd["mean"]) == pytest.approx(0.7)
     assert [float(sdd["ci_lo"]), float(sdd["ci_hi"])] == pytest.approx(want["ci95"])
-    assert sdd["n_seeds"] == "3" and sdd["ci_method"].startswith("bootstrap over 3 seeds") and sdd["n_items"] == "192"
+    assert sdd["n_seeds"] == "3" and sdd["ci_method"].startswith("bootstrap over 3 seeds") and sdd["n_items"] == "64"
     one = next(r for r in rows if r["defense"] == "none" and r["column"] == "advbench-100"
                and r["metric"] == "harm-clf:harmful_rate")  # one seed: Wilson on its 64 prompts
     assert [float(one["ci_lo"]), float(one["ci_hi"])] == pytest.approx(interval([0.9], [64])["ci95"])
@@ -157,7 +166,7 @@ def test_table1_mean_and_ci_over_seeds(tmp_path):
     for line in md.splitlines():
         if line.startswith("| defense |"):
             assert all(("lower is safer" in h or "higher is safer" in h) for h in line.split("|")[2:-1]), line
-    assert "0.700 [" in md and "(n=192, 3 seeds)" in md
+    assert "0.700 [" in md and "(n=64, 3 seeds)" in md
     # the page names the methods the csv's ci_method reports (it once claimed a t-interval over seeds)
     assert "Wilson interval on its items" in md and "bootstrap over seeds and prompts" in md and "t-interval" not in md
 
@@ -373,8 +382,8 @@ def test_paper_shaped_tables(tmp_path):
     cells = [c.strip() for c in sdd.strip("|").split("|")]
     assert cells[2] == "—"  # sdd × advbench-10: no record
     assert cells[3].startswith("1.50 [") and " / 12.5 [" in cells[3]  # HS / HR side by side, HR in %
-    assert cells[-1].startswith("10.0 [") and "(n=64)" in cells[-1]  # XSTest over-refusal, %
-    assert "Intervals per cell: n = 128 prompts pooled over 2 seeds." in t1 and "(n=" not in cells[3]
+    assert cells[-1].startswith("10.0 [") and "(n=32)" in cells[-1]  # XSTest over-refusal, %: 32 prompts × 2 seeds
+    assert "Intervals per cell: n = 64 prompts, the same for each of 2 seeds." in t1 and "(n=" not in cells[3]
     t2 = (rep.out / "table2_paper.md").read_text()
     header = next(line for line in t2.splitlines() if line.startswith("| task |"))
     assert header.split(" | ")[1:] == ["Vanilla", "+sdd", "+BFT", "+MFT |"]
