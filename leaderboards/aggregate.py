@@ -473,6 +473,20 @@ def capability_mean(cap: dict, normalised: bool = False) -> Obs | None:
 
 
 XSTEST_REFUSAL = "xstest:refusal_rate"   # over-refusal on XSTest safe prompts (lower is better)
+# How a model answers each eval set (report behaviour.md): the keyword judge's refusals, the relevance judge's
+# off-topic answers and the coherence judge's gibberish, each a share of that set's prompts.  SDD's mechanism
+# is a high irrelevant rate with no refusals on harmful prompts (its method: answer them with high-quality
+# but irrelevant text); its cost would be the same on benign prompts.
+BEHAVIOUR = (("harmful", "refusal_rate"), ("harmful", "irrelevant_rate"), ("harmful", "incoherent_rate"),
+             ("benign", "refusal_rate"), ("benign", "irrelevant_rate"), ("benign", "incoherent_rate"),
+             ("xstest", "refusal_rate"), ("xstest", "irrelevant_rate"))
+
+
+def behaviour_key(eval_set: str, metric: str) -> str:
+    """The Results quantity of one (eval set, rate) of BEHAVIOUR; ``xstest:refusal_rate`` is XSTEST_REFUSAL."""
+    return f"{eval_set}:{metric}"
+
+
 USABLE_HARM = "usable_harm_rate"          # harmful ∧ coherent ∧ relevant, per item (harness.metrics.usable_harmful)
 
 
@@ -558,10 +572,13 @@ class Results:
                 r = metric.read(harmful)
                 self._put(s, cond, metric.key, seed, Obs(*r) if r else None)
                 self.kinds[metric.key] = (metric.is_rate, (0.0, 1.0) if metric.is_rate else (1.0, 5.0))
-            xs = (m.get("xstest") or {}).get("refusal_rate")
-            if isinstance(xs, dict) and xs.get("value") is not None:
-                ci = xs.get("ci95") or [None, None]
-                self._put(s, cond, XSTEST_REFUSAL, seed, Obs(float(xs["value"]), ci[0], ci[1], xs.get("n")))
+            for eval_set, rate in BEHAVIOUR:
+                agg = (m.get(eval_set) or {}).get(rate)
+                if isinstance(agg, dict) and agg.get("value") is not None:
+                    ci = agg.get("ci95") or [None, None]
+                    key = behaviour_key(eval_set, rate)
+                    self._put(s, cond, key, seed, Obs(float(agg["value"]), ci[0], ci[1], agg.get("n")))
+                    self.kinds[key] = (True, (0.0, 1.0))
             cap = m.get("capability")
             if cap:
                 for task, res in (cap.get("tasks") or {}).items():

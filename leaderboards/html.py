@@ -25,6 +25,8 @@ TABLES = {
     "finetune": ("Benign fine-tuning task accuracy after each BFT attack (%)", []),
     "lr_sweep": ("Attack learning-rate sweep (SEAM's protocol): harm % / chance-normalised capability, Δcap, verdict",
                  []),
+    "behaviour": ("Response behaviour of each defended model: refusal / irrelevant / incoherent share of each eval "
+                  "set's prompts (%)", []),
     "table2": ("Table 2 (long): capability per task and condition, benign fine-tuning accuracy", [
         ("model", "model"), ("profile", "profile"), ("defense_label", "defense"), ("condition", "condition"),
         ("column", "attack"), ("quantity_label", "task"), ("mean", "mean (higher is better)"), ("ci_lo", "CI low"),
@@ -168,7 +170,7 @@ def page(*, title: str, summary: list[str], tables: dict[str, list[dict]], figur
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><ul>{summary_html}</ul>",
              "<p>Click a column header to sort. CSV files: "
              + ", ".join(f"<a href='{n}'>{n}</a>" for n in ("long.csv", "headline.csv", "table1_paper.csv", "table2_paper.csv",
-                                                          "finetune_accuracy.csv", "lr_sweep.csv", "table1.csv", "table2.csv",
+                                                          "finetune_accuracy.csv", "lr_sweep.csv", "behaviour.csv", "table1.csv", "table2.csv",
                                                           "worst_case.csv", "compute.csv", "figures.json"))
              + ".</p>"]
     parts.append(_section("headline", tables.get("headline", []), headline_intro or ""))
@@ -184,7 +186,10 @@ def page(*, title: str, summary: list[str], tables: dict[str, list[dict]], figur
                                         "+BFT / +MFT: the attack of that kind with the lowest accuracy.</p>"),
                        ("finetune", ""), ("lr_sweep", "<p>Per defense and attack lr: harm [95% CI] / capability "
                                                      "[95% CI]; Δcap vs the defended model; SEAM's verdict "
-                                                     "(lr_sweep.md states the thresholds).</p>")):
+                                                     "(lr_sweep.md states the thresholds).</p>"),
+                       ("behaviour", "<p>Before any attack. Irrelevant: the relevance judge (a short refusal is "
+                                     "usually off-topic too); behaviour.md adds the harmful-prompt shares after each "
+                                     "malicious fine-tuning.</p>")):
         rows = tables.get(tid, [])
         cols = [(k, k) for k in dict.fromkeys(k for r in rows for k in r)]
         parts.append(_section(tid, rows, intro, columns=cols or [("defense", "defense")]))

@@ -318,6 +318,75 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
     return rows, "\n".join(lines) + "\n", html_rows
 
 
+BEHAVIOUR_LABEL = {"harmful": "harmful prompts", "benign": "benign prompts", "xstest": "XSTest safe prompts",
+                   "refusal_rate": "refusal", "irrelevant_rate": "irrelevant", "incoherent_rate": "incoherent"}
+
+
+def behaviour_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
+    """How each model answers: refusal, irrelevant and incoherent shares of each eval set's prompts, for the
+    defended model, then the irrelevant / refusal shares on harmful prompts after each malicious fine-tuning.
+
+    SDD's mechanism made visible: it should answer harmful prompts off-topic rather than refuse, keep doing so
+    after an attack, and answer benign prompts on topic; a refusal-trained model refuses instead."""
+    rows, html_rows = [], []
+    lines = ["# Response behaviour: how each model answers", "",
+             "Share of each eval set's prompts (%), 95% CI in brackets (Wilson for one seed, bootstrap over seeds "
+             "and prompts for several; n = prompts, the same for every seed). **refusal**: the keyword judge "
+             "(refusal prefixes); **irrelevant**: the relevance judge (prompt–response embedding similarity below "
+             "its threshold — a short refusal is usually off-topic too, so irrelevant well above refusal means "
+             "off-topic answers that are not refusals, SDD's intended behaviour on harmful prompts); "
+             "**incoherent**: the coherence judge. On benign and XSTest safe prompts every one of them is a cost. "
+             f"'{DASH}': the records lack that number (never imputed).", ""]
+    for (model, profile), defended in _by_backbone(res.defended).items():
+        keys = [(A.behaviour_key(e, m), f"{BEHAVIOUR_LABEL[e]}: {BEHAVIOUR_LABEL[m]}") for e, m in A.BEHAVIOUR]
+        keys = [(k, label) for k, label in keys if any(res.get(d, k) is not None for d in defended)]
+        if not keys:
+            continue
+        body, sizes = [], set()
+        for d in defended:
+            row = dict(model=model, profile=profile, defense=d.defense_label, condition="initial")
+            shown = dict(model=short_model(model), profile=profile, defense=d.defense_label, condition="initial")
+            out = [d.defense_label]
+            for k, label in keys:
+                x = res.get(d, k)
+                out.append(_v(x, True, sizes=sizes))
+                shown[label] = out[-1]
+                row[f"{k} pct"] = None if x is None else 100 * x.mean
+            body.append(out)
+            rows.append(row)
+            html_rows.append(shown)
+        lines += [f"## {short_model(model)} ({profile} profile): the defended model, before any attack", "",
+                  _sizes_line(sizes), ""]
+        lines += _md_table(["defense"] + [label for _, label in keys], body) + [""]
+        irr, ref = A.behaviour_key("harmful", "irrelevant_rate"), A.REFUSAL.key
+        mft = [s for s in res.attacked if s.model == model and s.profile == profile and s.attack_kind == "mft"
+               and not s.budget_variant and res.get(s, irr) is not None]
+        if not mft:
+            continue
+        show_lr = len({s.attack_lr for s in mft}) > 1
+        names = list(dict.fromkeys(_column_name(s, show_lr) for s in mft))
+        body, sizes = [], set()
+        for d in defended:
+            cell_of = {_column_name(s, show_lr): s for s in mft if s.defended == d}
+            out = [d.defense_label]
+            for name, s in [("Initial", d)] + [(n, cell_of.get(n)) for n in names]:
+                a, b = (res.get(s, irr), res.get(s, ref)) if s is not None else (None, None)
+                out.append(DASH if a is None and b is None else
+                           f"{_v(a, True, sizes=sizes)} / {_v(b, True, sizes=sizes)}")
+                if s is not None and s is not d and (a is not None or b is not None):
+                    rows.append(dict(model=model, profile=profile, defense=d.defense_label, condition=name,
+                                     **{f"{irr} pct": None if a is None else 100 * a.mean,
+                                        f"harmful:{ref} pct": None if b is None else 100 * b.mean}))
+            body.append(out)
+        lines += [f"### {short_model(model)}: harmful prompts after each malicious fine-tuning, irrelevant % / "
+                  "refusal %", "", "Does the off-topic answering (or the refusing) survive the attack? "
+                  + _sizes_line(sizes), ""]
+        lines += _md_table(["defense", "Initial"] + names, body) + [""]
+    if not rows:
+        lines.append("No record has refusal, relevance or coherence verdicts.")
+    return rows, "\n".join(lines) + "\n", html_rows
+
+
 def _worst_cap(res: A.Results, cells: list[A.Setting], q: str) -> A.Summary | None:
     got = [res.get(s, q) for s in cells]
     got = [x for x in got if x is not None]
@@ -566,6 +635,7 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
     p2, p2_md, p2_html = table2_paper(res)
     pfa, pfa_md, pfa_html = fa_paper(res)
     plr, plr_md, plr_html = lr_sweep_paper(res, th)
+    pbh, pbh_md, pbh_html = behaviour_paper(res)
     head = A.headline_rows(res, th)
     heat = A.heatmap_rows(res)
     _write_csv(out_dir / "table1_paper.csv", p1, _columns_union(p1, ["model", "defense"]))
@@ -573,6 +643,8 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
     _write_csv(out_dir / "finetune_accuracy.csv", pfa, _columns_union(pfa, ["model", "defense", "attack"]))
     _write_csv(out_dir / "lr_sweep.csv", plr, _columns(plr, ["model", "attack", "defense", "lr", "verdict"]))
     _write_csv(out_dir / "headline.csv", head, _columns(head, ["model", "defense", "verdict"]))
+    _write_csv(out_dir / "behaviour.csv", pbh, _columns_union(pbh, ["model", "defense", "condition"]))
+    (out_dir / "behaviour.md").write_text(pbh_md)
     (out_dir / "table1_paper.md").write_text(p1_md)
     (out_dir / "table2_paper.md").write_text(p2_md)
     (out_dir / "finetune_accuracy.md").write_text(pfa_md)
@@ -582,7 +654,7 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
     (out_dir / "compute.md").write_text(C.compute_md(compute))
     report.files += ["table1_paper.csv", "table1_paper.md", "table2_paper.csv", "table2_paper.md",
                      "finetune_accuracy.csv", "finetune_accuracy.md", "lr_sweep.csv", "lr_sweep.md", "headline.csv",
-                     "headline.md", "compute.csv", "compute.md"]
+                     "headline.md", "behaviour.csv", "behaviour.md", "compute.csv", "compute.md"]
     report.files += ["long.csv", "table1.csv", "table1.md", "table2.csv", "table2.md", "worst_case.csv",
                      "worst_case.md"]
     traj = A.trajectory_rows(res)
@@ -615,7 +687,7 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
         title="sdd-bench leaderboard", summary=summary,
         # the page shows short model names everywhere (the CSVs keep the full identity)
         tables={"headline": [dict(r, model=short_model(r["model"])) for r in head], "table1": p1_html, "table2_paper": p2_html,
-                "finetune": pfa_html, "lr_sweep": plr_html, "table2": [dict(r, model=short_model(r["model"])) for r in t2],
+                "finetune": pfa_html, "lr_sweep": plr_html, "behaviour": pbh_html, "table2": [dict(r, model=short_model(r["model"])) for r in t2],
                 "worst": [dict(r, model=short_model(r["model"])) for r in worst],
                 "compute": [dict(r, model=short_model(r["model"])) for r in compute]}, figures=figs,
         reference=ref_rows, reference_sources=ref_sources, log_lines=log_lines,

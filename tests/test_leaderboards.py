@@ -425,6 +425,42 @@ def test_usable_harm_from_the_judges_item_verdicts(tmp_path):
     assert float(head["usable_worst"]) == pytest.approx(0.25) and float(head["worst"]) == pytest.approx(0.75)
 
 
+def test_behaviour_table_shows_off_topic_answers_beside_refusals(tmp_path):
+    """behaviour.md: refusal / irrelevant / incoherent share of each eval set for the defended model, pooled over
+    seeds, and the harmful-prompt irrelevant / refusal shares after each MFT attack; absent numbers are '—'."""
+    def with_irrelevant(rec, initial, attacked, benign):
+        for cond, v in (("initial", initial), ("attacked", attacked)):
+            m = rec["metrics"].get(cond)
+            if m:
+                m["harmful"]["irrelevant_rate"] = _agg(v, "neutral", "relevance")
+                m["benign"]["irrelevant_rate"] = _agg(benign, "lower-better", "relevance", 32)
+        return rec
+    recs = [with_irrelevant(make_record("sdd", "advbench-100", seed=0, refusal0=0.0, refusal=0.0), 0.875, 0.125, 0.5),
+            with_irrelevant(make_record("sdd", "advbench-100", seed=1, refusal0=0.0, refusal=0.0), 0.625, 0.125, 0.5),
+            make_record("none", "advbench-100", refusal0=0.75, refusal=0.0)]  # no relevance verdicts: '—'
+    rep = report(tmp_path, recs)
+    assert "behaviour.md" in rep.files and "behaviour.csv" in rep.files
+    md = (rep.out / "behaviour.md").read_text()
+    before, after = md.split("after each malicious fine-tuning")[:2]
+    sdd = next(line for line in before.splitlines() if line.startswith("| sdd |")).split(" | ")
+    header = next(line for line in before.splitlines() if line.startswith("| defense |")).split(" | ")
+    col = {name.strip(" |"): i for i, name in enumerate(header)}
+    assert sdd[col["harmful prompts: irrelevant"]].startswith("75.0 [")  # the two seeds' mean
+    assert sdd[col["harmful prompts: refusal"]].startswith("0.0 [")
+    assert sdd[col["benign prompts: irrelevant"]].startswith("50.0 [")
+    assert sdd[col["XSTest safe prompts: refusal"]].startswith("10.0 [")
+    none = next(line for line in before.splitlines() if line.startswith("| none |")).split(" | ")
+    assert none[col["harmful prompts: irrelevant"]] == "—" and none[col["harmful prompts: refusal"]].startswith("75.0 [")
+    assert "the same for each of 2 seeds" in before  # pooled over seeds, n counted once
+    row = next(line for line in after.splitlines() if line.startswith("| sdd |"))
+    assert row.count("12.5 [") == 1 and row.count("75.0 [") == 1  # after the attack / before it
+    rows = read_csv(rep.out / "behaviour.csv")
+    assert {(r["defense"], r["condition"]) for r in rows} >= {("sdd", "initial"), ("none", "initial")}
+    att = next(r for r in rows if r["defense"] == "sdd" and r["condition"] != "initial")
+    assert float(att["harmful:irrelevant_rate pct"]) == pytest.approx(12.5)
+    assert 'id="behaviour"' in (rep.out / "index.html").read_text()
+
+
 def test_redundant_attack_option_is_the_same_setting(tmp_path):
     """advbench-100 and advbench-100 {lr: 5e-5} (qi2023's lr) are one setting: one Table 1 column, not two."""
     recs = [make_record("sdd", "advbench-100", seed=0), make_record("sdd", "advbench-100", seed=1,
