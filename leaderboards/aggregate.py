@@ -576,9 +576,8 @@ class Results:
                 agg = (m.get(eval_set) or {}).get(rate)
                 if isinstance(agg, dict) and agg.get("value") is not None:
                     ci = agg.get("ci95") or [None, None]
-                    key = behaviour_key(eval_set, rate)
-                    self._put(s, cond, key, seed, Obs(float(agg["value"]), ci[0], ci[1], agg.get("n")))
-                    self.kinds[key] = (True, (0.0, 1.0))
+                    self._put(s, cond, behaviour_key(eval_set, rate), seed,
+                              Obs(float(agg["value"]), ci[0], ci[1], agg.get("n")))  # a rate: get()'s default kind
             cap = m.get("capability")
             if cap:
                 for task, res in (cap.get("tasks") or {}).items():

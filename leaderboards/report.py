@@ -246,6 +246,15 @@ def _column_name(s: A.Setting, show_lr: bool = True) -> str:
     return f"{s.attack}{f' [{opts}]' if opts else ''} ({', '.join(what)})"
 
 
+def _mft_columns(res: A.Results, model: str, profile: str) -> tuple[list[A.Setting], bool]:
+    """The paper-shaped tables' attack columns on one backbone: its malicious fine-tuning settings without the
+    attacker-budget configurations (those are in worst_case.md), and whether their lrs differ (then each column
+    names its lr; otherwise the lr is said once, under the heading)."""
+    cols = [s for s in res.attacked if s.model == model and s.profile == profile and s.attack_kind == "mft"
+            and not s.budget_variant]
+    return cols, len({s.attack_lr for s in cols}) > 1
+
+
 KIND_SHORT = {"mft": "MFT", "poison": "poison", "bft": "BFT", "ablation": "ablation"}
 
 
@@ -263,11 +272,10 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
                        f"'{DASH}': no record for that cell. Over-refusal: keyword refusal rate on XSTest safe prompts "
                        "of the defended model (lower is better).", ""]
     for (model, profile), defended in _by_backbone(res.defended).items():
-        mft = [s for s in res.attacked if s.model == model and s.profile == profile and s.attack_kind == "mft"]
-        cols = [s for s in mft if not s.budget_variant]  # attacker-budget configurations: worst_case.md
-        n_budget = len({s.attack_label for s in mft if s.budget_variant})
+        cols, show_lr = _mft_columns(res, model, profile)
+        n_budget = len({s.attack_label for s in res.attacked if s.model == model and s.profile == profile
+                        and s.attack_kind == "mft" and s.budget_variant})
         lrs = {s.attack_lr for s in cols}
-        show_lr = len(lrs) > 1  # one lr for every column: said once, under the heading
         col_name = lambda s: _column_name(s, show_lr)  # noqa: E731
         names = list(dict.fromkeys(col_name(s) for s in cols))
         header = ["defense", "Initial"] + names + ["XSTest over-refusal (%)"]
@@ -359,11 +367,10 @@ def behaviour_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
                   _sizes_line(sizes), ""]
         lines += _md_table(["defense"] + [label for _, label in keys], body) + [""]
         irr, ref = A.behaviour_key("harmful", "irrelevant_rate"), A.REFUSAL.key
-        mft = [s for s in res.attacked if s.model == model and s.profile == profile and s.attack_kind == "mft"
-               and not s.budget_variant and res.get(s, irr) is not None]
+        mft, show_lr = _mft_columns(res, model, profile)
+        mft = [s for s in mft if res.get(s, irr) is not None]
         if not mft:
             continue
-        show_lr = len({s.attack_lr for s in mft}) > 1
         names = list(dict.fromkeys(_column_name(s, show_lr) for s in mft))
         body, sizes = [], set()
         for d in defended:
