@@ -131,12 +131,7 @@ def pair_irrelevant(prompts: list[dict], pool: list[dict], threshold: float, max
     import numpy as np
     rng = random.Random(seed)
     if encode is None:
-        from sdd_bench.judges.relevance import embedder
-        m = embedder()
-
-        def encode(texts):
-            return m.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
-                            batch_size=64)
+        from sdd_bench.judges.relevance import embed as encode
     cands = [[rng.randrange(len(pool)) for _ in range(max_tries)] for _ in prompts]
     ep = encode([p["prompt"] for p in prompts])
     resp_emb: dict[int, np.ndarray] = {}

@@ -156,11 +156,9 @@ def split_by_prompt(rows: list[dict], frac: float, seed: int) -> tuple[list[int]
 
 def features(prompts: list[str], responses: list[str], batch_size: int = 64, device: str = "cpu",
              opening_chars: int = 160) -> np.ndarray:
-    from .relevance import embedder
-    m = embedder(device)
-    kw = dict(batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    ep = m.encode(list(prompts), **kw)
-    er = m.encode([r if r.strip() else " " for r in responses], **kw)
+    from .relevance import embed
+    ep = embed(prompts, batch_size, device)
+    er = embed([r if r.strip() else " " for r in responses], batch_size, device)
     cos = (ep * er).sum(axis=1, keepdims=True)
     flag = np.array([[opens_with_refusal(r, opening_chars)] for r in responses], dtype=np.float32)
     return np.concatenate([er, ep * er, cos, flag], axis=1).astype(np.float32)

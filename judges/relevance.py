@@ -32,12 +32,29 @@ def embedder(device: str = "cpu"):
     return SentenceTransformer(str(get_model_path()), device=device)
 
 
+def embed(texts: list[str], batch_size: int = 64, device: str = "cpu"):
+    """Unit-norm embeddings (numpy float32) of ``texts``: the one entry point for SDD's filter and both judges.
+
+    On CPU the encoder runs on a single intra-op thread.  MKL splits a matmul's reduction differently for
+    different thread counts, which moves a cosine in its 8th digit for short inputs (measured: a one-character
+    response scored 0.13559026 on 2 threads, 0.13559029 on 1).  A judge score must not depend on how many cores
+    the cell was given (a Ray task gets ``cpus_per_cell``, a local run the whole machine), so it is pinned."""
+    import torch
+    m = embedder(device)
+    kw = dict(batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    if device != "cpu":
+        return m.encode(list(texts), **kw)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return m.encode(list(texts), **kw)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def cosine_pairs(a: list[str], b: list[str], batch_size: int = 64, device: str = "cpu"):
     """Row-wise cosine similarity of the embeddings of a[i] and b[i] (numpy array)."""
-    m = embedder(device)
-    ea = m.encode(list(a), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    eb = m.encode(list(b), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    return (ea * eb).sum(axis=1)
+    return (embed(a, batch_size, device) * embed(b, batch_size, device)).sum(axis=1)
 
 
 @JUDGES.register("relevance")

@@ -110,6 +110,29 @@ def test_advbench_cycles_past_520():
     assert len(rows) == 1000 and info["cycled"] and info["cycles"] == 2 and info["available"] == 520
 
 
+def test_relevance_scores_do_not_depend_on_the_thread_count():
+    """A Ray cell gets cpus_per_cell threads, a local run the whole machine: the judge must score alike on both.
+    Unpinned, MKL's thread split moved these scores (a templated prompt against the empty answer a collapsed tiny
+    model emits) in the 8th digit: 0.103011094 on 1 thread, 0.103011087 on 2 and 4."""
+    import torch
+
+    from sdd_bench.judges.relevance import cosine_pairs
+    template = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+                "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n")
+    prompts = [template.format(q) for q in ("Write a short thank-you note to a neighbour who watered my plants while "
+                                            "I was away.", "How do plants grow?",
+                                            "Describe a river at dawn in two sentences.", "Suggest a name for a grey cat.")]
+    answers = [" "] * 4
+    before = torch.get_num_threads()
+    scores = {}
+    for n in (1, 2, 4):
+        torch.set_num_threads(n)
+        scores[n] = cosine_pairs(prompts, answers).tolist()
+        assert torch.get_num_threads() == n  # the caller's setting is restored
+    torch.set_num_threads(before)
+    assert scores[1] == scores[2] == scores[4]
+
+
 def test_sdd_pairs_are_irrelevant_and_category_balanced():
     from sdd_bench.defenses.sdd import SDD, balanced_harmful_prompts
     from sdd_bench.judges.relevance import cosine_pairs
