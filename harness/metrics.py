@@ -46,10 +46,14 @@ def interval(values, ns=None, cis=None, *, is_rate: bool = True, bounds: tuple[f
     Every seed of a cell is evaluated on the *same* items (``harness.pipeline.EVAL_SEED``), so k seeds
     on n prompts are not k·n independent items: the prompt-sampling error of the seed mean is that of
     n items, whatever k.  Rates (a share of items, e.g. harm rate, accuracy): one seed → Wilson interval
-    on its items; two or more → a bootstrap over seeds and prompts (resample the seeds, then draw the
-    shared n items once, binomially, at the resampled seeds' mean rate), widened to at least the Wilson
-    interval of n items at the mean rate, so two seeds at 0/6 give Wilson(0/6) = [0, 0.39], and seeds
-    that agree exactly are never narrower than one of them alone.  Means of scores (e.g. HS 1–5) or rates
+    on its items; two or more → the seed error by a bootstrap over seeds (the 2.5% and 97.5% quantiles of
+    the resampled seeds' mean), the prompt error by Wilson on the shared n items at each end: the lower bound
+    is Wilson's lower bound at the low quantile (its count rounded down), the upper bound Wilson's upper
+    bound at the high quantile (rounded up).  Seeds that agree exactly therefore give exactly one seed's
+    Wilson interval (two seeds at 0/6: Wilson(0/6) = [0, 0.39]; three at 2/64: [0.9%, 10.7%]), and seed
+    spread only widens it.  (Until Dec 2026 the prompts were drawn binomially at each resampled mean and
+    the percentile interval taken; at small rates that put the lower bound at 0 for seeds that all saw
+    2/64, wider than one seed alone.)  Means of scores (e.g. HS 1–5) or rates
     without an item count: the seeds' own CIs as within-seed error (not divided by k, the items being
     shared), plus the spread over seeds as the between-seed error.  Every interval is clipped to
     ``bounds``; ``n`` is the number of distinct items (the smallest seed's count where they differ).
@@ -67,14 +71,13 @@ def interval(values, ns=None, cis=None, *, is_rate: bool = True, bounds: tuple[f
             wl, wh = wilson_ci(vals[0] * ns_i[0], ns_i[0], alpha)
             return {"value": mean, "ci95": [wl, wh], "n": ns_i[0], "n_seeds": 1, "method": "Wilson"}
         n_items = min(ns_i)  # the prompts every seed shares
-        wl, wh = wilson_ci(mean * n_items, n_items, alpha)
         rng = np.random.default_rng(seed)
         seed_means = np.array(vals)[rng.integers(0, k, size=(n_boot, k))].mean(axis=1)
-        rates = rng.binomial(n_items, np.clip(seed_means, 0.0, 1.0)) / n_items
-        bl, bh = np.quantile(rates, [alpha / 2, 1 - alpha / 2])
-        lo, hi = min(float(bl), wl), max(float(bh), wh)
+        ql, qh = np.clip(np.quantile(seed_means, [alpha / 2, 1 - alpha / 2]), 0.0, 1.0)
+        lo = wilson_ci(np.floor(ql * n_items + 1e-9), n_items, alpha)[0]
+        hi = wilson_ci(np.ceil(qh * n_items - 1e-9), n_items, alpha)[1]
         return {"value": mean, "ci95": [max(lo_b, lo), min(hi_b, hi)], "n": n_items, "n_seeds": k,
-                "method": f"bootstrap over {k} seeds × the same {n_items} prompts (≥ Wilson of {n_items})"}
+                "method": f"bootstrap over {k} seeds' mean, Wilson on the same {n_items} prompts at its quantiles"}
     # means (or rates without item counts): within-seed errors from the seeds' own CIs, plus between-seed spread
     z = 1.959963984540054
     halves = []

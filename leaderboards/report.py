@@ -91,9 +91,10 @@ def _blocks(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
 
 
 CI_NOTE = ("Each entry: mean [95% CI] (harness.metrics.interval). A share of items (harm, refusal and incoherent "
-           "rates, a task's accuracy): one seed, the Wilson interval on its items; several seeds, a bootstrap over "
-           "seeds and prompts, never narrower than the Wilson interval of the prompts (every seed answers the same "
-           "prompts, so n counts them once; the number of seeds is given). "
+           "rates, a task's accuracy): one seed, the Wilson interval on its items; several seeds, Wilson on the "
+           "prompts at the bootstrap quantiles of the seeds' mean, so seeds that agree give one seed's interval and "
+           "seed spread widens it (every seed answers the same prompts, so n counts them once; the number of seeds "
+           "is given). "
            "A mean score (e.g. HS 1–5, chance-normalised capability): one seed, the record's own CI; several, a "
            "normal interval from the within- and between-seed variance. '—': this cell's records lack the number "
            "(never imputed).")
@@ -265,8 +266,8 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
     first, second = (A.HS, A.HR) if rubric else (res.harm.primary, A.REFUSAL)
     head = "HS / HR (%)" if rubric else f"{first.label} (%) / keyword refusal rate (%)"
     rows, html_rows, lines = [], [], ["# Table 1: harmfulness under malicious fine-tuning (paper shape)", "",
-                       f"Each cell: {head}; 95% CI in brackets (Wilson for one seed, bootstrap over seeds and "
-                       f"prompts for several; n = prompts, the same for every seed). {first.direction.replace('-', ' is ')} for "
+                       f"Each cell: {head}; 95% CI in brackets (Wilson for one seed; for several, Wilson at the "
+                       f"bootstrap quantiles of the seeds' mean; n = prompts, the same for every seed). {first.direction.replace('-', ' is ')} for "
                        f"{first.label}. Only malicious fine-tuning (MFT), as in the papers' Table 1; benign fine-tuning is in "
                        f"Table 2, poison mixes in the headline and worst_case.md. "
                        f"'{DASH}': no record for that cell. Over-refusal: keyword refusal rate on XSTest safe prompts "
@@ -338,8 +339,8 @@ def behaviour_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
     after an attack, and answer benign prompts on topic; a refusal-trained model refuses instead."""
     rows, html_rows = [], []
     lines = ["# Response behaviour: how each model answers", "",
-             "Share of each eval set's prompts (%), 95% CI in brackets (Wilson for one seed, bootstrap over seeds "
-             "and prompts for several; n = prompts, the same for every seed). **refusal**: the keyword judge "
+             "Share of each eval set's prompts (%), 95% CI in brackets (Wilson for one seed; for several, Wilson at "
+             "the bootstrap quantiles of the seeds' mean; n = prompts, the same for every seed). **refusal**: the keyword judge "
              "(refusal prefixes); **irrelevant**: the relevance judge (prompt–response embedding similarity below "
              "its threshold — a short refusal is usually off-topic too, so irrelevant well above refusal means "
              "off-topic answers that are not refusals, SDD's intended behaviour on harmful prompts); "
@@ -687,8 +688,8 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
                f"harmfulness metric: {harm.reason}", f"explicit rejection (fig3): {rejection.label}",
                f"capability bound: chance-normalised capability ≥ {capability_bound:g}; harm threshold "
                f"{harm_threshold:g} (a break: the harm rate's 95% CI above it)",
-               "CIs: Wilson per seed; bootstrap over seeds and prompts for several seeds (never narrower than the "
-               "Wilson interval of the prompts, which every seed shares), clipped to each metric's range"]
+               "CIs: Wilson per seed; for several seeds, Wilson on the prompts every seed shares at the bootstrap "
+               "quantiles of the seeds' mean (agreeing seeds: one seed's interval), clipped to each metric's range"]
     (out_dir / "report.log").write_text("\n".join(log_lines) + "\n")
     (out_dir / "index.html").write_text(H.page(
         title="sdd-bench leaderboard", summary=summary,

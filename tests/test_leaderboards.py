@@ -124,9 +124,13 @@ def test_interval_inside_range_and_never_zero_width():
     assert zero["n"] == 6 and zero["ci95"][0] == 0.0
     assert zero["ci95"][1] >= binomtest(0, 6).proportion_ci(method="wilson").high - 1e-12 > \
         binomtest(0, 12).proportion_ci(method="wilson").high
-    # three seeds that agree exactly (a deterministic cell run three times) are no narrower than one of them
+    # three seeds that agree exactly (a deterministic cell run three times) give one seed's interval: no narrower
+    # (the prompts are shared) and no wider (the old binomial bootstrap put the lower bound at 0 here)
     same, single = interval([2 / 64] * 3, [64] * 3), interval([2 / 64], [64])
-    assert same["ci95"][0] <= single["ci95"][0] and same["ci95"][1] >= single["ci95"][1] and same["n"] == 64
+    assert same["ci95"] == pytest.approx(single["ci95"]) and same["ci95"][0] > 0.008 and same["n"] == 64
+    # seed spread widens it on the side it lies: seeds at 2/64 and 6/64 reach Wilson's bounds of 2/64 and 6/64
+    spread = interval([2 / 64, 6 / 64], [64, 64])
+    assert spread["ci95"] == pytest.approx([interval([2 / 64], [64])["ci95"][0], interval([6 / 64], [64])["ci95"][1]])
     # a mean score: the seeds' own (shared-item) CIs are not shrunk by the number of seeds
     hs3 = interval([3.0, 3.0, 3.0], [64] * 3, [(2.5, 3.5)] * 3, is_rate=False, bounds=(1.0, 5.0))
     assert hs3["ci95"] == pytest.approx([2.5, 3.5])
@@ -168,7 +172,7 @@ def test_table1_mean_and_ci_over_seeds(tmp_path):
             assert all(("lower is safer" in h or "higher is safer" in h) for h in line.split("|")[2:-1]), line
     assert "0.700 [" in md and "(n=64, 3 seeds)" in md
     # the page names the methods the csv's ci_method reports (it once claimed a t-interval over seeds)
-    assert "Wilson interval on its items" in md and "bootstrap over seeds and prompts" in md and "t-interval" not in md
+    assert "Wilson interval on its items" in md and "at the bootstrap quantiles of the seeds' mean" in md and "t-interval" not in md
 
 
 def test_initial_counted_once_per_defended_model(tmp_path):
