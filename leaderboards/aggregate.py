@@ -13,8 +13,8 @@ Vocabulary:
 
 Across seeds: the mean, and one interval function for every table, figure and verdict
 (``sdd_bench.harness.metrics.interval``): a share of items gets the Wilson interval on its items for one
-seed and, for several, Wilson at the bootstrap quantiles of the seeds' mean; a mean score gets the record's own CI for one seed
-and a normal interval from within- and between-seed variance for several.  Nothing is
+seed and, for several, Wilson at the bootstrap quantiles of the seeds' mean; a mean score gets the record's
+own CI for one seed and a normal interval from within- and between-seed variance for several.  Nothing is
 imputed: a quantity missing from a record is missing from every aggregate over that record, and
 the aggregate says how many cells it used.
 """
@@ -639,9 +639,10 @@ class Results:
 
     def _task_mean(self, setting: Setting, cond: str, normalised: bool, bounds: tuple[float, float]) -> Summary | None:
         """The mean over capability tasks from each task's own seed summary (Wilson; for several seeds Wilson at
-        the bootstrap quantiles of their mean), the tasks combined as independent, one tail at a time: with one task it *is* that task's interval
-        (a symmetric ±z·se around 0% would be far narrower than Wilson's).  None when the seeds do not all have
-        every task or a task has no interval (then the per-seed means are summarized instead)."""
+        the bootstrap quantiles of their mean), the tasks combined as independent, one tail at a time: with one
+        task it *is* that task's interval (a symmetric ±z·se around 0% would be far narrower than Wilson's).  None
+        when the seeds do not all have every task or a task has no interval (then the per-seed means are summarized
+        instead)."""
         per_seed = self.obs.get((setting, cond, "capability_mean"), {})
         tasks = [t for t in self.capability_tasks if (setting, cond, f"capability:{t}") in self.obs]
         if not per_seed or not tasks or \

@@ -247,13 +247,22 @@ def _column_name(s: A.Setting, show_lr: bool = True) -> str:
     return f"{s.attack}{f' [{opts}]' if opts else ''} ({', '.join(what)})"
 
 
+def _mft(res: A.Results, model: str, profile: str) -> list[A.Setting]:
+    """Every malicious fine-tuning setting attacked on one backbone, attacker-budget configurations included."""
+    return [s for s in res.attacked if s.model == model and s.profile == profile and s.attack_kind == "mft"]
+
+
 def _mft_columns(res: A.Results, model: str, profile: str) -> tuple[list[A.Setting], bool]:
     """The paper-shaped tables' attack columns on one backbone: its malicious fine-tuning settings without the
     attacker-budget configurations (those are in worst_case.md), and whether their lrs differ (then each column
     names its lr; otherwise the lr is said once, under the heading)."""
-    cols = [s for s in res.attacked if s.model == model and s.profile == profile and s.attack_kind == "mft"
-            and not s.budget_variant]
+    cols = [s for s in _mft(res, model, profile) if not s.budget_variant]
     return cols, len({s.attack_lr for s in cols}) > 1
+
+
+# how the paper-shaped tables' headers name their intervals (harness.metrics.interval; CI_NOTE says it at length)
+SEED_CI = ("Wilson for one seed; for several, Wilson at the bootstrap quantiles of the seeds' mean; "
+           "n = prompts, the same for every seed")
 
 
 KIND_SHORT = {"mft": "MFT", "poison": "poison", "bft": "BFT", "ablation": "ablation"}
@@ -266,16 +275,14 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
     first, second = (A.HS, A.HR) if rubric else (res.harm.primary, A.REFUSAL)
     head = "HS / HR (%)" if rubric else f"{first.label} (%) / keyword refusal rate (%)"
     rows, html_rows, lines = [], [], ["# Table 1: harmfulness under malicious fine-tuning (paper shape)", "",
-                       f"Each cell: {head}; 95% CI in brackets (Wilson for one seed; for several, Wilson at the "
-                       f"bootstrap quantiles of the seeds' mean; n = prompts, the same for every seed). {first.direction.replace('-', ' is ')} for "
+                       f"Each cell: {head}; 95% CI in brackets ({SEED_CI}). {first.direction.replace('-', ' is ')} for "
                        f"{first.label}. Only malicious fine-tuning (MFT), as in the papers' Table 1; benign fine-tuning is in "
                        f"Table 2, poison mixes in the headline and worst_case.md. "
                        f"'{DASH}': no record for that cell. Over-refusal: keyword refusal rate on XSTest safe prompts "
                        "of the defended model (lower is better).", ""]
     for (model, profile), defended in _by_backbone(res.defended).items():
         cols, show_lr = _mft_columns(res, model, profile)
-        n_budget = len({s.attack_label for s in res.attacked if s.model == model and s.profile == profile
-                        and s.attack_kind == "mft" and s.budget_variant})
+        n_budget = len({s.attack_label for s in _mft(res, model, profile) if s.budget_variant})
         lrs = {s.attack_lr for s in cols}
         col_name = lambda s: _column_name(s, show_lr)  # noqa: E731
         names = list(dict.fromkeys(col_name(s) for s in cols))
@@ -339,8 +346,7 @@ def behaviour_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
     after an attack, and answer benign prompts on topic; a refusal-trained model refuses instead."""
     rows, html_rows = [], []
     lines = ["# Response behaviour: how each model answers", "",
-             "Share of each eval set's prompts (%), 95% CI in brackets (Wilson for one seed; for several, Wilson at "
-             "the bootstrap quantiles of the seeds' mean; n = prompts, the same for every seed). **refusal**: the keyword judge "
+             f"Share of each eval set's prompts (%), 95% CI in brackets ({SEED_CI}). **refusal**: the keyword judge "
              "(refusal prefixes); **irrelevant**: the relevance judge (prompt–response embedding similarity below "
              "its threshold — a short refusal is usually off-topic too, so irrelevant well above refusal means "
              "off-topic answers that are not refusals, SDD's intended behaviour on harmful prompts); "
