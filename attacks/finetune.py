@@ -14,11 +14,16 @@
 N counts training examples; a dataset smaller than N is cycled and the attack's info says how
 many times.  ``advbench-N`` trains on AdvBench goals paired with *full harmful responses* built by a
 donor model (``attacks/donor.py``); ``advbench-prefix-N`` is the affirmative-prefix attack on
-AdvBench's own ``target`` strings ("Sure, here is …").  Profiles cap optimizer steps, so a smoke
-``advbench-1k`` sees fewer than 1,000 examples: every record states ``examples_seen``,
-``distinct_examples`` and ``epochs_run``.  Harmful attack data come only from attack partitions (``advbench``,
-``beavertails-attack``), disjoint from defense data and evaluation prompts.  Profiles cap the
-optimizer steps (sizes, not semantics): tiny 2 steps, smoke 40 steps on CPU; paper uncapped.
+AdvBench's own ``target`` strings ("Sure, here is …").  Harmful attack data come only from attack partitions
+(``advbench``, ``beavertails-attack``), disjoint from defense data and evaluation prompts.
+
+**Budgets.**  A recipe runs epochs × ⌈N / batch⌉ optimizer steps (Qi et al. 2023 at N = 10, 50, 100, 1000: 5, 25,
+50, 500).  A profile's ``max_steps`` is a *cap* on that count, never a fixed length (DESIGN §5; issue 36): smoke caps
+at 40 (so 5, 25, 40, 40), tiny at 2, paper not at all.  Until 2026-12-07 the cap replaced the recipe, so every
+smoke attack ran 40 steps (a 10-shot attack 40 epochs); those records are withdrawn (docs/withdrawn.md).
+Every record states the dose that ran, from the trainer's step count (``training.dose``): optimizer steps,
+``examples_seen``, ``distinct_examples``, ``epochs_run``.  ``steps`` (an attacker budget's steps axis) sets an exact
+step count instead, overriding the epochs and the cap.
 
 Options for an attacker who tunes (issue 23; docs/attacker_budget.md).  Their defaults leave every attack as the
 recipe has it, and at their defaults they are left out of the attack's spec (``LATER_FIELDS``), so no existing key
@@ -42,7 +47,7 @@ from dataclasses import dataclass
 from sdd_bench.harness import data
 from sdd_bench.harness.config import build, param, to_dict
 from sdd_bench.harness.errors import ConfigError
-from sdd_bench.harness.training import TrainConfig, checkpoint_steps, total_steps, train_sft
+from sdd_bench.harness.training import TrainConfig, checkpoint_steps, dose, total_steps, train_sft
 
 ATTACK_DATASETS = ("advbench-responses", "advbench", "beavertails-attack", "sharegpt", "alpaca-gpt4-1k", "dolly-1k", "sst2-train",
                    "agnews-train", "gsm8k-train")
@@ -94,7 +99,7 @@ RECIPES = {
 
 # options added after version 2 of the attack spec: dropped from ``spec()`` while at their defaults, so the attack
 # (and cell) keys of every existing configuration are unchanged
-LATER_FIELDS = {"warmup_ratio": None, "seed": None, "checkpoints": []}
+LATER_FIELDS = {"warmup_ratio": None, "seed": None, "checkpoints": [], "steps": None}
 # options that add evaluations without changing the attacked model (the same training run, also saved on the way):
 # a cell with them answers the cell without (harness/pipeline.py: record_cell_keys; the report's settings ignore them)
 EVAL_ONLY_OPTIONS = ("checkpoints",)
@@ -112,7 +117,10 @@ class AttackConfig:
     lr: float | None = param(None, "learning rate (None: the recipe's)", gt=0)
     epochs: float | None = param(None, "epochs (None: the recipe's)", gt=0)
     batch_size: int | None = param(None, "batch size (None: the recipe's)", ge=1)
-    max_steps: int | None = param(None, "cap on optimizer steps (profiles set it)", ge=1)
+    max_steps: int | None = param(None, "cap on optimizer steps: min(cap, the recipe's epochs × ⌈N / batch⌉) "
+                                  "(profiles set it)", ge=1)
+    steps: int | None = param(None, "exact optimizer steps, overriding the recipe's epochs and the cap (an "
+                              "attacker budget's steps axis)", ge=1)
     lora: bool = param(False, "LoRA attack (default: full fine-tuning, as in the papers)")
     lora_r: int | None = param(None, "LoRA rank (None: the recipe's)", ge=1)
     lora_alpha: float | None = param(None, "LoRA α (None: the recipe's)", gt=0)
@@ -241,11 +249,29 @@ class FinetuneAttack:
         """The seed the attack trains with: its own ``seed`` option, else the cell's."""
         return seed if self.cfg.seed is None else self.cfg.seed
 
+    def recipe_steps(self) -> int:
+        """Optimizer steps the recipe asks for on N examples, uncapped: epochs × ⌈N / batch⌉ (Trainer's count)."""
+        r = self.cfg.resolved()
+        return total_steps(TrainConfig(epochs=r["epochs"], batch_size=r["batch_size"]), self.cfg.n)
+
+    def planned_steps(self) -> int:
+        """Optimizer steps this attack runs: ``steps`` if set, else min(the profile's cap, the recipe's steps)."""
+        if self.cfg.steps is not None:
+            return self.cfg.steps
+        rec = self.recipe_steps()
+        return rec if self.cfg.max_steps is None else min(self.cfg.max_steps, rec)
+
+    def _trainer_steps(self) -> int | None:
+        """``TrainConfig.max_steps`` (an exact count there): set when the steps are not the recipe's epochs."""
+        if self.cfg.steps is not None:
+            return self.cfg.steps
+        return self.cfg.max_steps if self.cfg.max_steps is not None and self.cfg.max_steps < self.recipe_steps() else None
+
     def train_config(self, seed: int) -> TrainConfig:
         """The training config for a cell of seed ``seed`` (the attack's own ``seed`` option wins)."""
         c, r, seed = self.cfg, self.cfg.resolved(), self.train_seed(seed)
         lora = {k: r[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules") if k in r}
-        return TrainConfig(lr=r["lr"], epochs=r["epochs"], batch_size=r["batch_size"], max_steps=c.max_steps,
+        return TrainConfig(lr=r["lr"], epochs=r["epochs"], batch_size=r["batch_size"], max_steps=self._trainer_steps(),
                            scheduler=r["scheduler"], warmup_ratio=r["warmup_ratio"], weight_decay=r["weight_decay"],
                            max_grad_norm=r["max_grad_norm"], lora=c.lora, optimizer=c.optimizer,
                            max_length=c.max_length, seed=seed, **lora)
@@ -260,6 +286,11 @@ class FinetuneAttack:
         if config.get("checkpoints"):
             config["checkpoints"] = sorted(set(config["checkpoints"]))
         out = {"attack": self.name, "version": 2, "config": config, "resolved": self.cfg.resolved()}
+        # Before the cap was a cap, a set max_steps ran exactly max_steps.  Where the recipe's steps are fewer the run
+        # now differs from what that key stored, so the key names the steps; where the cap binds the run is the same
+        # and the key is unchanged (the published capped records stay valid).
+        if self.cfg.steps is None and self.cfg.max_steps is not None and self.recipe_steps() < self.cfg.max_steps:
+            out["steps_run"] = self.recipe_steps()
         for d in ds:
             if d == DONOR:
                 from .donor import donor_spec
@@ -278,14 +309,14 @@ class FinetuneAttack:
         new, tinfo = train_sft(ref, rows, tcfg, out_dir, template, device=device, progress=progress,
                                name=f"attack:{self.name}", save_at_steps=[s for s in at if s < total])
         tinfo["data_info"] = info
-        batch, epochs = self.cfg.resolved()["batch_size"], self.cfg.resolved()["epochs"]
-        tinfo["examples_seen"] = min(len(rows) * epochs, tinfo["steps"] * batch)
-        tinfo["distinct_examples"] = info["distinct_examples"]
-        tinfo["epochs_run"] = tinfo["examples_seen"] / len(rows)
+        # the dose that ran, from the trainer's own step count (training.dose), never from the recipe
+        ran = dose(tinfo["steps"], tcfg.batch_size, len(rows), tcfg.grad_accum)
+        tinfo.update(examples_seen=ran["examples_seen"], distinct_examples=info["distinct_examples"],
+                     epochs_run=ran["epochs_run"], recipe_steps=self.recipe_steps(), step_cap=self.cfg.max_steps)
         if self.cfg.checkpoints:  # the trajectory: each saved step, then the final model
             for c in tinfo.get("checkpoints", []):
                 c.update(fraction=c["step"] / total, requested=at[c["step"]],
-                         examples_seen=min(len(rows) * epochs, c["step"] * batch))
+                         examples_seen=dose(c["step"], tcfg.batch_size, len(rows), tcfg.grad_accum)["examples_seen"])
             tinfo["trajectory_steps"] = {"total": total, "requested": sorted(set(self.cfg.checkpoints)),
                                          "final_requested": at.get(total, [])}
         return new, tinfo

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sdd_bench.harness.config import build, to_dict
 
@@ -22,6 +22,20 @@ class Context:
     seed: int = 0
     profile: str = "smoke"
     progress: bool = True
+
+
+@dataclass(frozen=True)
+class MechanismProbe:
+    """What a defense's mechanism measurement may read (issue 36; DESIGN §6 "mechanism installed"), all from held-out
+    data and before any attack: the model the defense started from, the defended model, the defended model's
+    evaluation (``metrics``: the record's ``initial`` block), its generations per evaluation set
+    (``generations(name)``: rows with ``prompt`` and ``text``) and its judges' verdicts (``verdicts(name, judge)``)."""
+    start: Any
+    defended: Any
+    metrics: dict
+    generations: Callable[[str], list[dict]]
+    verdicts: Callable[[str, str], list[dict]]  # (eval set, judge) → one verdict per generation, in order
+    ctx: "Context"
 
 
 class Defense:
@@ -53,6 +67,27 @@ class Defense:
 
     def defend(self, ref, out_dir: Path, ctx: Context):
         raise NotImplementedError
+
+    # Mechanism installed (issue 36): a number showing that the defense's own mechanism took hold, measured on
+    # held-out data before any attack, with the criterion its paper implies.  A defense whose paper defines one
+    # overrides ``mechanism`` (and sets ``mechanism_runs_models`` when it loads models, so the pipeline caches it as a
+    # stage keyed on both models); the default is "no such number" (the record says so).
+    mechanism_runs_models: bool = False
+
+    def mechanism(self, probe: MechanismProbe) -> dict | None:
+        """``{"name", "value", "ci95", "n", "criterion", "installed", "source", …}`` or None."""
+        return None
+
+
+def share_installed(name: str, hits: list[bool], criterion_share: float, source: str, **extra) -> dict:
+    """A mechanism measured as the share of held-out items showing it, with its Wilson 95% interval; installed when
+    the interval's lower bound exceeds ``criterion_share`` (the mechanism holds for most items, beyond noise)."""
+    from sdd_bench.harness.metrics import wilson_ci
+    n, k = len(hits), sum(bool(h) for h in hits)
+    lo, hi = wilson_ci(k, n) if n else (0.0, 1.0)
+    return {"name": name, "value": k / n if n else 0.0, "ci95": [lo, hi], "n": n, "count": k,
+            "criterion": f"Wilson 95% lower bound > {criterion_share:g}", "installed": bool(n and lo > criterion_share),
+            "source": source, **extra}
 
 
 def replace_cfg(cfg, **kw):

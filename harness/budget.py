@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from .errors import ConfigError
 
 AXES = ("lr", "steps", "warmup_ratio", "optimizer", "lora", "seeds")
-OPTIONS = ("lr", "max_steps", "warmup_ratio", "optimizer", "lora", "seed")  # the attack options the axes set
+# the attack options the axes set (``steps``: an exact step count; a ``max_steps`` cap beside a budget is a clash too)
+OPTIONS = ("lr", "steps", "max_steps", "warmup_ratio", "optimizer", "lora", "seed")
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,7 @@ def applies(attack: str, profile: str) -> bool:
 def own_steps(attack: str, profile: str, options: dict) -> int:
     """The attack's optimizer steps on the profile without a budget (the ×1 of the steps axis)."""
     from .registry import ATTACKS
-    from .training import total_steps
-    a = ATTACKS.get(attack).make(profile, options)
-    return total_steps(a.train_config(0), a.cfg.n)
+    return ATTACKS.get(attack).make(profile, options).planned_steps()
 
 
 def expand_attack(name: str, attack: str, options: dict, profile: str, seed: int, where: str = "") -> list[dict]:
@@ -131,8 +130,8 @@ def expand_attack(name: str, attack: str, options: dict, profile: str, seed: int
         o = dict(options)
         if lr is not None:
             o["lr"] = lr
-        if m != 1.0:  # ×1 leaves max_steps alone, so that configuration is the plain attack's cell
-            o["max_steps"] = max(1, round(m * base))
+        if m != 1.0:  # ×1 leaves the steps alone, so that configuration is the plain attack's cell
+            o["steps"] = max(1, round(m * base))
         o.update(warmup_ratio=wu, optimizer=opt, lora=lora)
         if off:
             o["seed"] = seed + off

@@ -237,10 +237,13 @@ def defend_estimate(profile: str, name: str, cfg) -> float | None:
 ATTACK_REFERENCE_STEPS = {"tiny": 2, "smoke": 40, "paper": None}
 
 
-def attack_estimate(profile: str, cfg) -> float | None:
-    """Planned seconds of an attack with no timing in the store: the profile's default scaled by its step count."""
+def attack_estimate(profile: str, attack) -> float | None:
+    """Planned seconds of an attack with no timing in the store: the profile's default scaled by the steps it will
+    run (a fine-tuning attack's ``planned_steps``: min(cap, recipe steps), so a 10-shot attack is priced at its 5
+    steps; attacks without one step count — two-phase restore, refusal ablation — get the flat default)."""
     base = DEFAULT_ESTIMATE_S[profile]["attack"]
-    ref, steps = ATTACK_REFERENCE_STEPS.get(profile), getattr(cfg, "max_steps", None)
+    planned = getattr(attack, "planned_steps", None)  # fine-tuning attacks only: the others have no single count
+    ref, steps = ATTACK_REFERENCE_STEPS.get(profile), planned() if planned is not None else None
     if base is None or ref is None or not isinstance(steps, int):
         return base
     return float(base) * steps / ref
@@ -323,6 +326,15 @@ def _fmt_s(s: float) -> str:
     return f"{s:.0f}s" if s < 120 else (f"{s / 60:.1f}min" if s < 7200 else f"{s / 3600:.1f}h")
 
 
+def _hist_key(stage: str, name, spec: dict, info) -> tuple:
+    """A timing's history key: a defense by its configured ``max_steps``; an attack by the optimizer steps it ran
+    (its info's ``steps``), so a capped and an uncapped run of one preset are not priced alike."""
+    if stage == "attack":
+        return (stage, name, info.get("steps") if isinstance(info, dict) else None)
+    cfg = spec.get("config") if isinstance(spec.get("config"), dict) else {}
+    return (stage, name, cfg.get("max_steps"))
+
+
 def _history(store, published: dict | None = None) -> dict:
     """Median compute seconds of finished defend/attack stages, by (stage, name, steps): this store's, and with
     ``published`` (harness.publish.published_cells) those the published records measured (each defended or
@@ -337,12 +349,13 @@ def _history(store, published: dict | None = None) -> dict:
         for a in sdir.iterdir():
             try:
                 spec = json.loads((a / "spec.json").read_text())["spec"]
-                sec = json.loads((a / "info.json").read_text()).get("seconds")
-            except (OSError, ValueError, KeyError):
+                info = json.loads((a / "info.json").read_text())
+                sec = info.get("seconds")
+            except (OSError, ValueError, KeyError, AttributeError):
                 continue
             if sec is not None and (a / "COMPLETE").is_file():
                 seen.add(f"{stage}/{a.name}")
-                hist.setdefault((stage, spec.get(namekey), spec.get("config", {}).get("max_steps")), []).append(sec)
+                hist.setdefault(_hist_key(stage, spec.get(namekey), spec, info), []).append(sec)
     for rec, _ in (published or {}).values():
         for stage, namekey, info in (("defend", "defense", "defense_info"), ("attack", "attack", "attack_info")):
             ref, spec = rec.get("artifacts", {}).get(namekey), (rec.get("config") or {}).get(namekey)
@@ -350,8 +363,7 @@ def _history(store, published: dict | None = None) -> dict:
             if not (isinstance(ref, str) and isinstance(spec, dict) and isinstance(sec, (int, float))) or ref in seen:
                 continue
             seen.add(ref)
-            cfg = spec.get("config") if isinstance(spec.get("config"), dict) else {}
-            hist.setdefault((stage, spec.get(namekey), cfg.get("max_steps")), []).append(float(sec))
+            hist.setdefault(_hist_key(stage, spec.get(namekey), spec, rec.get(info)), []).append(float(sec))
     return {k: statistics.median(v) for k, v in hist.items()}
 
 
@@ -422,8 +434,9 @@ def plan(g: GridSpec, store, cells: list | None = None, published: dict | None =
             stages["attack"] = "cached" if cached else "missing"
             if not cached:
                 missing.append(("attack", akey))
-                v = hist.get(("attack", r.attack.name, getattr(r.attack.cfg, "max_steps", None)))
-                remaining.append(("attack", v if v is not None else attack_estimate(g.profile, r.attack.cfg)))
+                planned = getattr(r.attack, "planned_steps", None)  # fine-tuning attacks only (see attack_estimate)
+                v = hist.get(("attack", r.attack.name, planned() if planned is not None else None))
+                remaining.append(("attack", v if v is not None else attack_estimate(g.profile, r.attack)))
             remaining.append(("evaluate", default["evaluate"]))
         else:
             stages["attack"] = "none"

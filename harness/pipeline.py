@@ -450,6 +450,42 @@ def evaluate_condition(store, ref, r: Resolved, sets, log, progress: bool, arts:
     return metrics
 
 
+def mechanism_stage(store, r: Resolved, start, defended, initial: dict, arts: dict, ctx, log) -> dict | None:
+    """The defense's mechanism-installed number (``Defense.mechanism``; issue 36), measured before any attack on the
+    defended model's held-out evaluation (its generations and judges' verdicts per set, read back from the store) or,
+    for a defense that loads models to measure it (SEAM's gradient cosine), as a cached ``mechanism`` stage keyed on
+    the start and defended models.  None when the defense's paper defines no such number."""
+    from sdd_bench.defenses.base import MechanismProbe
+    from .store import read_jsonl
+
+    def artifact_rows(name: str, fname: str) -> list[dict]:
+        ref = arts.get(f"initial/{name}")
+        if not ref:
+            raise ConfigError(f"mechanism of {r.defense.registry_name!r}: the initial evaluation has no {name}.")
+        stage, key = ref.split("/", 1)
+        return read_jsonl(store.get(stage, key).path / fname)
+
+    probe = MechanismProbe(start=start, defended=defended, metrics=initial, ctx=ctx,
+                           generations=lambda s: artifact_rows(f"generate/{s}", "generations.jsonl"),
+                           verdicts=lambda s, j: artifact_rows(f"judge/{s}/{j}", "verdicts.jsonl"))
+    d = r.defense
+    if not d.mechanism_runs_models:
+        out = d.mechanism(probe)
+    else:
+        spec = {"mechanism_of": d.spec(), "template": ctx.template, "seed": ctx.seed}
+
+        def fn(tmp: Path):
+            (tmp / "mechanism.json").write_text(json.dumps(d.mechanism(probe), indent=1, default=str))
+
+        art, hit = store.run("mechanism", spec, [start.identity(), defended.identity()], fn)
+        arts["mechanism"] = art.ref()
+        out = json.loads((art.path / "mechanism.json").read_text())
+    if out is not None:
+        log(f"mechanism of {d.registry_name}: {out['name']} = {out['value']:.3f} -> "
+            f"{'installed' if out['installed'] else 'NOT installed'} ({out['criterion']})")
+    return out
+
+
 def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple[dict, Any]:
     """Run (or resume) one cell; returns (record, record artifact)."""
     from . import data, models, provenance, templates
@@ -472,6 +508,7 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
         ref, info["base_defense"], a = defend_stage(store, ref, r.base_defense, ctx, log)
         timings["base_defense"] = time.time() - t0
         arts["base_defense"] = a.ref() if a else None
+    start = ref  # the model the defense starts from (its mechanism is measured against it)
     t0 = time.time()
     ref, info["defense"], a = defend_stage(store, ref, r.defense, ctx, log)
     timings["defense"] = time.time() - t0
@@ -482,6 +519,9 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
     t0 = time.time()
     metrics: dict[str, Any] = {"initial": evaluate_condition(store, defended, r, sets, log, progress, arts, "initial")}
     timings["evaluate_initial"] = time.time() - t0
+    t0 = time.time()
+    mechanism = mechanism_stage(store, r, start, defended, metrics["initial"], arts, ctx, log)
+    timings["mechanism"] = time.time() - t0
 
     attacked = trajectory = None
     if r.attack is not None:
@@ -520,6 +560,7 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
         "config": run_config(r),
         "template": tdescribe(tok, spec.template),
         "metrics": metrics,
+        "mechanism": mechanism,
         "data": {"eval_fingerprints": fps, "overlap": overlap},
         "defense_info": _brief(info.get("defense")), "base_defense_info": _brief(info.get("base_defense")),
         "attack_info": _brief(info.get("attack")),

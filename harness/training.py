@@ -142,6 +142,19 @@ def total_steps(cfg: TrainConfig, n_examples: int) -> int:
     return math.ceil(cfg.epochs * per_epoch)
 
 
+def dose(steps: int, batch_size: int, n_examples: int, grad_accum: int = 1) -> dict:
+    """What a run of ``steps`` optimizer steps fed the model, counted the way ``Trainer`` iterates: each epoch is
+    ⌈n / per-device batch⌉ // accumulation updates over the shuffled rows, the last batch of an epoch short when the
+    batch does not divide n.  ``examples_seen`` is therefore steps × batch whenever the batch divides n (every
+    preset), and ``epochs_run`` = examples seen / n.  Records state this dose, never the recipe's."""
+    per_device = max(1, batch_size // grad_accum)
+    per_epoch = max(1, math.ceil(n_examples / per_device) // grad_accum)
+    full, rest = divmod(int(steps), per_epoch)
+    seen = full * n_examples + min(n_examples, rest * batch_size)
+    return {"steps": int(steps), "batch_size": batch_size, "examples_seen": seen,
+            "epochs_run": seen / n_examples if n_examples else 0.0}
+
+
 def warmup_steps(cfg: TrainConfig, n_examples: int) -> int:
     """Warm-up as an integer step count, ⌈warmup_ratio × total steps⌉ (transformers' own rounding).
 
@@ -195,10 +208,6 @@ def lora_config(cfg: TrainConfig):
     tm = cfg.lora_target_modules
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=tm if isinstance(tm, str) else list(tm), task_type="CAUSAL_LM")
-
-
-def steps_for(cfg: TrainConfig, n_examples: int) -> int:
-    return cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * n_examples / cfg.batch_size)
 
 
 def checkpoint_steps(fractions: Sequence[float], total: int) -> dict[int, list[float]]:
@@ -310,6 +319,7 @@ def train_sft(ref, pairs: Sequence[dict], cfg: TrainConfig, out_dir: Path, templ
         new_ref = ModelRef(name=f"{ref.name}+{name}", path=str(ckpt), lineage=ref.lineage + (name,))
     n_tok = sum(sum(1 for l in r["labels"] if l != -100) for r in rows)
     info = {"train_config": to_dict(cfg), "examples": len(rows), "steps": trainer.state.global_step,
+            "dose": dose(trainer.state.global_step, cfg.batch_size, len(rows), cfg.grad_accum),
             "seconds": dt, "seconds_per_step": dt / max(1, trainer.state.global_step),
             "response_tokens": n_tok, "template": template, "device": device, "activation_checkpointing": checkpointing,
             "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],

@@ -531,6 +531,7 @@ class Results:
         self.fa_task: dict[Setting, str] = {}
         self.kinds: dict[str, tuple[bool, tuple[float, float]]] = {}  # quantity -> (is a rate, range)
         self.trajectory_points: dict[Setting, dict[int, dict]] = {}  # attacked setting -> step -> {fraction, …}
+        self.mechanisms: dict[Setting, dict[int, dict | None]] = {}  # defended setting -> seed -> record "mechanism"
         for item in loaded:
             self._add(item.record)
             setting, seed = setting_of(item.record), seed_of(item.record)
@@ -556,6 +557,8 @@ class Results:
 
     def _add(self, record: dict) -> None:
         setting, seed = setting_of(record), seed_of(record)
+        if "mechanism" in record:  # records before issue 36 carry no such key: "not measured", never "not installed"
+            self.mechanisms.setdefault(setting.defended, {}).setdefault(seed, record["mechanism"])
         for cond in CONDITIONS:
             m = record["metrics"].get(cond)
             if not m:
@@ -594,6 +597,24 @@ class Results:
                 ci = fa.get("ci95") or [None, None]
                 self._put(s, cond, "finetune_accuracy", seed, Obs(float(fa["value"]), ci[0], ci[1], fa.get("n")))
                 self.fa_task[s] = str(fa.get("task") or s.attack_dataset or "task")
+
+    def mechanism(self, defended: Setting) -> dict:
+        """Whether the defense's own mechanism took hold (record ``mechanism``, issue 36), over the seeds measured:
+        ``state`` installed (every seed), not installed (some seed not), undefined (the defense's paper defines no
+        such number) or not measured (records predating the measurement); ``text`` the value(s) for a table."""
+        per_seed = self.mechanisms.get(defended) or {}
+        got = {k: v for k, v in sorted(per_seed.items()) if v is not None}
+        if not per_seed:
+            return {"state": "not measured", "text": "not measured", "installed": None}
+        if not got:
+            return {"state": "undefined", "text": "none defined", "installed": None}
+        ok = all(v.get("installed") for v in got.values())
+        first = next(iter(got.values()))
+        vals = "/".join(f"{v['value']:+.2f}" if "cos" in first["name"] else f"{100 * v['value']:.0f}%"
+                        for v in got.values())
+        text = f"{first['name']}: {vals}{' (seeds ' + ','.join(map(str, got)) + ')' if len(got) > 1 else ''}"
+        return {"state": "installed" if ok else "not installed", "installed": ok,
+                "text": f"{text} — {'installed' if ok else 'NOT installed'} ({first['criterion']})"}
 
     def _add_trajectory(self, record: dict, setting: Setting, seed: int) -> None:
         """An attack trajectory's points (record ``trajectory``) as conditions ``step:N`` of the attacked setting."""
@@ -902,7 +923,12 @@ def headline_rows(res: Results, th: Thresholds) -> list[dict]:
                     "worst case (report --capability-bound sets the bound)")
         else:
             note = ""
+        mech = res.mechanism(d)
+        if mech["state"] == "not installed":
+            note = (note + "; " if note else "") + ("the defense's own mechanism did not install on this backbone "
+                                                     "(not ranked with the others): " + mech["text"])
         rows.append(dict(_defense_columns(d), metric=metric.key, metric_label=metric.label, n_attacks=len(cells),
+                         mechanism=mech["text"], mechanism_state=mech["state"],
                          usable_worst=uw.mean if uw else None, usable_worst_text=fmt(uw) if uw else "—",
                          worst=worst[1].mean if worst else None, worst_ci_lo=worst[1].ci_lo if worst else None,
                          worst_ci_hi=worst[1].ci_hi if worst else None, worst_cell=_cell_label(worst[0]) if worst else "",
@@ -915,8 +941,8 @@ def headline_rows(res: Results, th: Thresholds) -> list[dict]:
                          verdict=v["verdict"], undefended_verdict=base, attack_strong_enough=strong,
                          backbone_below_bound=small,
                          note=note))
-    rows.sort(key=lambda r: (r["model"], r["profile"], -1.0 if r["ub_worst"] is None else r["ub_worst"],
-                             r["worst"] or 0.0))
+    rows.sort(key=lambda r: (r["model"], r["profile"], r["mechanism_state"] == "not installed",
+                             -1.0 if r["ub_worst"] is None else r["ub_worst"], r["worst"] or 0.0))
     return rows
 
 

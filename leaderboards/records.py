@@ -122,6 +122,39 @@ def load(inputs: Iterable[str], workdir: str | None = None, log: Callable[[str],
     return out
 
 
+def misstated_dose(record: dict) -> str | None:
+    """Why a record's attack dose cannot be believed, or None: its stated ``examples_seen`` must be what its trainer's
+    optimizer steps fed the model (``harness.training.dose``: steps × batch when the batch divides the rows).  Records
+    written while the profile's step cap replaced the recipe's epochs (before 2026-12-07; issue 36) state the recipe's
+    dose — a 10-shot attack "50 examples, 5 epochs" that ran 40 steps × 10 — and fail this check."""
+    from sdd_bench.harness.training import dose
+    info = record.get("attack_info")
+    if not isinstance(info, dict) or "train_config" not in info:  # no attack, or no single fine-tune (restore phases)
+        return None
+    tc = info.get("train_config") or {}
+    steps, batch, rows, seen = info.get("steps"), tc.get("batch_size"), info.get("examples"), info.get("examples_seen")
+    if not all(isinstance(v, (int, float)) for v in (steps, batch, rows, seen)) or not rows:
+        return "its attack_info lacks the steps, batch size, rows or examples seen to check its dose"
+    want = dose(int(steps), int(batch), int(rows), int(tc.get("grad_accum") or 1))["examples_seen"]
+    if abs(float(seen) - want) > 1e-9:
+        return (f"states {seen:g} examples seen, but its trainer ran {steps} steps × batch {batch} over {rows} rows "
+                f"= {want} (written before profile step caps became caps; re-run the cell)")
+    return None
+
+
+def withdraw_misstated(loaded: list[Loaded], log: Callable[[str], None] = print) -> list[Loaded]:
+    """The records whose dose checks out; each withdrawn one is named in one log line (never mixed into a table)."""
+    out = []
+    for item in loaded:
+        why = misstated_dose(item.record)
+        if why is None:
+            out.append(item)
+        else:
+            log(f"withdrawn: {item.source} ({item.record.get('cell', {}).get('defense')} × "
+                f"{item.record.get('cell', {}).get('attack')}) {why}")
+    return out
+
+
 def measurement_count(record: dict) -> int:
     """How many measurements a record carries (used to keep the richer of two duplicates)."""
     n = 0

@@ -34,7 +34,7 @@ from . import figures as F
 from . import html as H
 from . import reference as R
 from .figures import short_model
-from .records import ReportError, deduplicate, load, normalize
+from .records import ReportError, deduplicate, load, normalize, withdraw_misstated
 from sdd_bench.defenses.seam import CAPABILITY_THRESHOLD, HARM_THRESHOLD, seam_verdict
 from sdd_bench.harness.capability import FA_FOR_DATASET
 
@@ -588,11 +588,15 @@ def headline_md(rows: list[dict], th: A.Thresholds) -> str:
     for r in {(r["model"], r["profile"]): r for r in rows if r.get("backbone_below_bound") and r["attack_strong_enough"]}.values():
         lines += [f"**{short_model(r['model'], r['profile'])}**: {r['note']}.", ""]
     header = ["model", "defense", "worst (all attacks)", "at", "capability-bounded worst", "at", "usable cells",
-              "worst usable harm", "initial capability (norm.)", "verdict"]
+              "worst usable harm", "initial capability (norm.)", "verdict", "mechanism installed"]
     body = [[short_model(r["model"]), r["defense_label"], r["worst_text"], r["worst_cell"] or DASH, r["ub_worst_text"],
              r["ub_worst_cell"] or DASH, str(r["ub_n_cells"]), r["usable_worst_text"],
              DASH if r["initial_capability_norm"] is None else f"{r['initial_capability_norm']:.2f}"
-             + (" (below bound)" if r["initial_below_bound"] else ""), r["verdict"]] for r in rows]
+             + (" (below bound)" if r["initial_below_bound"] else ""), r["verdict"], r["mechanism"]] for r in rows]
+    lines[2] += (" Mechanism installed: the defense's own number measured before any attack (record `mechanism`: SDD's "
+                 "off-topic non-refusals, SDD-reject's rejection sentence, SEAM's held-out gradient cosine); a defense "
+                 "whose mechanism did not install is listed after the others, not ranked with them; \"not measured\": "
+                 "its records predate the measurement.")
     return "\n".join(lines + _md_table(header, body) + [""]) + "\n"
 
 
@@ -615,6 +619,9 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
     loaded = load(inputs, workdir=workdir, log=log)
     n_loaded = len(loaded)
     compute = C.compute_rows(x.record for x in loaded)  # before deduplication: a dropped duplicate's own stages ran too
+    loaded = withdraw_misstated(loaded, log=log)  # a record whose stated dose is not what ran never enters a table
+    if not loaded:
+        raise ReportError(f"every record in {', '.join(inputs)} was withdrawn (see the lines above); re-run the cells.")
     loaded = deduplicate(loaded, A.replicate_key, log=log)
     records = [x.record for x in loaded]
     harm = A.choose_harm_metric(records, harm_metric)

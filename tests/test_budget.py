@@ -40,7 +40,7 @@ def test_small_budget_expands_each_attack_into_the_tables_configs(tmp_path):
     assert {(o.get("lr"), o.get("warmup_ratio", 0.0), o.get("lora", False)) for o in opts} == {
         (lr, w, lo) for lr in (None, 2e-4) for w in (0.0, 0.1) for lo in (False, True)}
     assert {} in opts and len(opts) == 8
-    assert all(o.get("optimizer", "adamw_torch") == "adamw_torch" and "max_steps" not in o and "seed" not in o
+    assert all(o.get("optimizer", "adamw_torch") == "adamw_torch" and "steps" not in o and "seed" not in o
                for o in opts)
     # the options reach the training config: warm-up on the constant qi2023 recipe is constant_with_warmup
     r = pipeline.resolve(next(c for c in attacked if c.attack_options.get("warmup_ratio") == 0.1))
@@ -57,7 +57,7 @@ def test_paper_and_strong_budgets_give_distinct_keys():
     strong = budget.expand_attack("strong", "beavertails-10", {}, "tiny", 3)
     assert len(strong) == budget.BUDGETS["strong"].size == 288
     assert len({json.dumps(o, sort_keys=True) for o in strong}) == 288
-    assert {o.get("max_steps") for o in strong} == {1, None, 8}  # tiny's 2 steps ×¼ (at least 1) / ×1 / ×4
+    assert {o.get("steps") for o in strong} == {1, None, 8}  # tiny's 2 steps ×¼ (at least 1) / ×1 / ×4
     assert {o.get("seed") for o in strong} == {None, 4, 5}  # attack seeds: the cell's (3) + 0, 1, 2
     r = pipeline.resolve(pipeline.C.replace(spec, attack_options=strong[-1]))
     assert r.attack.train_config(spec.seed).seed == 5 and r.attack.train_config(spec.seed).optimizer == "sgd"
