@@ -24,8 +24,12 @@ def aggregate(verdicts: list[dict], how: str, n_boot: int = 1000, seed: int = 0)
     else:
         vals = [1.0 if v.get("label") == how else 0.0 for v in valid]
     lo, hi = bootstrap_ci(vals, n_boot=n_boot, seed=seed)
-    return {"value": float(np.mean(vals)) if vals else float("nan"), "ci95": [lo, hi], "n": len(vals),
-            "invalid": len(verdicts) - len(valid)}
+    out = {"value": float(np.mean(vals)) if vals else float("nan"), "ci95": [lo, hi], "n": len(vals),
+           "invalid": len(verdicts) - len(valid)}
+    if how != "mean":  # per item, in prompt order (the same prompts for every cell): 1 / 0, None = invalid.  Paired
+        # exact tests between cells (leaderboards) need them; numbers only, no text
+        out["items"] = [int(v.get("label") == how) if v.get("valid", True) else None for v in verdicts]
+    return out
 
 
 # ------------------------------------------------------------------------------------------
