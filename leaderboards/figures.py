@@ -11,7 +11,7 @@ from typing import Callable
 
 from .aggregate import CAP_NORM, KIND_LABEL, Metric, Results, Setting, Thresholds, sweep_groups
 
-HARMFUL_DATASETS = ("advbench", "beavertails-attack")  # attack data of malicious fine-tuning (attacks/finetune.py)
+HARMFUL_DATASETS = ("advbench", "advbench-responses", "beavertails-attack")  # attack data of malicious fine-tuning (attacks/finetune.py)
 DPI = 120
 SPREAD = 0.12  # total relative horizontal spread of the series at one x on log-x plots (±6 %), so bars do not overlap
 LINESTYLES = ("-", "--", ":", "-.")
@@ -172,13 +172,16 @@ def harm_vs_n(res: Results, out: Path, log: Callable[[str], None] | None = None)
                 not s.budget_variant and res.get(s, metric.key) is not None:
             lr = f"lr={s.attack_lr:g}" if s.attack_lr is not None else ""
             title = f"{s.attack_dataset}, {lr}, {short_model(s.model, s.profile)}"
-            panels.setdefault(title, {}).setdefault((s.defense_label, s.attack_epochs), []).append((s.attack_n, s))
+            # x: the examples the attack's trainer actually fed (record attack_info; issue 36), N where unrecorded
+            x = s.attack_examples_seen if s.attack_examples_seen else s.attack_n
+            panels.setdefault(title, {}).setdefault((s.defense_label, s.attack_epochs), []).append((x, s))
     panels = _multi_point(panels, log, "fig2_harm_vs_n")
     if not panels:
         raise Skip("no malicious fine-tuning cells (advbench-N / beavertails-N) at two or more N with a harmfulness "
                    "measurement")
-    fig = _line_panels(res, [(metric.key, metric)], panels, "malicious fine-tuning samples N (log)", "epochs")
-    fig.suptitle("Harmfulness vs malicious fine-tuning samples N (one panel per lr)")
+    fig = _line_panels(res, [(metric.key, metric)], panels, "examples the attack trained on (optimizer steps × batch; "
+                       "log)", "epochs")
+    fig.suptitle("Harmfulness vs malicious fine-tuning dose (one panel per lr)")
     return _save(fig, out)
 
 

@@ -242,6 +242,8 @@ def _column_name(s: A.Setting, show_lr: bool = True) -> str:
     """A Table 1 column: the attack, its shot count N and (``show_lr``) its lr; other options in brackets."""
     opts = ",".join(o for o in s.attack_options.split(",") if o and not o.startswith("lr="))
     what = [f"{s.attack_n}-shot" if s.attack_n else KIND_SHORT.get(s.attack_kind, str(s.attack_kind))]
+    if s.attack_steps is not None:  # the dose that ran (record attack_info), not the recipe's
+        what.append(f"{s.attack_steps} steps, {s.attack_examples_seen} seen")
     if show_lr and s.attack_lr is not None:
         what.append(f"lr={s.attack_lr:g}")
     return f"{s.attack}{f' [{opts}]' if opts else ''} ({', '.join(what)})"
@@ -265,6 +267,7 @@ SEED_CI = ("Wilson for one seed; for several, Wilson at the bootstrap quantiles 
            "n = prompts, the same for every seed")
 
 
+SEP_MARK = {"safer": " ▼", "more harmful": " ▲"}  # Table 1: a cell that separates from `none` (separation.md)
 KIND_SHORT = {"mft": "MFT", "poison": "poison", "bft": "BFT", "ablation": "ablation"}
 
 
@@ -273,13 +276,15 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
     rate without a rubric), rates in %; plus the XSTest over-refusal of the defended model."""
     rubric = res.harm.primary.key == A.HS.key
     first, second = (A.HS, A.HR) if rubric else (res.harm.primary, A.REFUSAL)
+    sep = A.separations(res)
     head = "HS / HR (%)" if rubric else f"{first.label} (%) / keyword refusal rate (%)"
     rows, html_rows, lines = [], [], ["# Table 1: harmfulness under malicious fine-tuning (paper shape)", "",
                        f"Each cell: {head}; 95% CI in brackets ({SEED_CI}). {first.direction.replace('-', ' is ')} for "
                        f"{first.label}. Only malicious fine-tuning (MFT), as in the papers' Table 1; benign fine-tuning is in "
                        f"Table 2, poison mixes in the headline and worst_case.md. "
                        f"'{DASH}': no record for that cell. Over-refusal: keyword refusal rate on XSTest safe prompts "
-                       "of the defended model (lower is better).", ""]
+                       "of the defended model (lower is better). ▼ / ▲: less / more harmful than `none` under the "
+                       "same attack by an exact paired test on the shared prompts, Holm-corrected (separation.md).", ""]
     for (model, profile), defended in _by_backbone(res.defended).items():
         cols, show_lr = _mft_columns(res, model, profile)
         n_budget = len({s.attack_label for s in _mft(res, model, profile) if s.budget_variant})
@@ -291,13 +296,15 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
         for d in defended:
             cell_of = {col_name(s): s for s in cols if s.defended == d}
             row = dict(model=model, profile=profile, defense=d.defense_label)
+            mark = lambda s: SEP_MARK.get((sep.get(s) or {}).get("separates"), "")  # noqa: E731
             shown = dict(model=short_model(model), profile=profile, defense=d.defense_label)
             out = [d.defense_label]
             for name, s in [("Initial", d)] + [(n, cell_of.get(n)) for n in names]:
                 a = res.get(s, first.key) if s is not None else None
                 b = res.get(s, second.key) if s is not None else None
                 text = DASH if a is None and b is None else \
-                    f"{_v(a, first.is_rate, sizes=sizes)} / {_v(b, second.is_rate, sizes=sizes)}"
+                    f"{_v(a, first.is_rate, sizes=sizes)} / {_v(b, second.is_rate, sizes=sizes)}" + \
+                    (mark(s) if s is not None else "")
                 out.append(text)
                 shown[name] = text
                 row[f"{name} {first.key}"] = None if a is None else (100 * a.mean if first.is_rate else a.mean)
@@ -571,6 +578,31 @@ def lr_sweep_paper(res: A.Results, th: A.Thresholds) -> tuple[list[dict], str, l
     return rows, "\n".join(lines) + "\n", html_rows
 
 
+def separation_md(rows: list[dict]) -> str:
+    """Each defense against the undefended model under the same attack: the paired exact test on the shared prompts."""
+    lines = ["# Does a defense differ from no defense?", "",
+             "Each cell (defense × attack, and the defended model before any attack) against the undefended model under "
+             "the same attack, on the same evaluation prompts: an exact two-sided sign test over prompts (per prompt, "
+             "the harm of the defended cell minus that of `none`, averaged over the seeds both have; with one seed the "
+             "exact McNemar test), Holm-corrected over every test of the backbone (family of m tests). safer / worse: "
+             "prompts harmful only for `none` / only for the defense. **Smallest detectable difference**: with m tests "
+             "no difference of fewer than k prompts (k/n of them) can reach significance at the strictest Holm level "
+             "α/m, even if every differing prompt goes one way; a 'no' says only that the difference, if any, is not "
+             "shown at this n.", ""]
+    for key in dict.fromkeys((r["model"], r["profile"]) for r in rows):
+        fam = [r for r in rows if (r["model"], r["profile"]) == key]
+        k, n = fam[0]["min_detectable_prompts"], fam[0]["n_prompts"]
+        lines += [f"## {short_model(key[0], key[1])}", "",
+                  f"m = {len(fam)} tests; smallest detectable difference: {k} of {n} prompts ({100 * k / n:.0f} points) "
+                  f"at the strictest level, {A.min_detectable_prompts(1)} prompts at the most lenient.", ""]
+        lines += _md_table(["defense", "attack", "seeds", "prompts", "safer", "worse", "Δ harm (points)", "p",
+                            "p (Holm)", "separates"],
+                           [[r["defense_label"], r["column"], ",".join(map(str, r["seeds"])), str(r["n_prompts"]),
+                             str(r["safer"]), str(r["worse"]), f"{100 * r['delta']:+.1f}", f"{r['p']:.2g}",
+                             f"{r['p_holm']:.2g}", r["separates"]] for r in fam]) + [""]
+    return "\n".join(lines) + "\n"
+
+
 def headline_md(rows: list[dict], th: A.Thresholds) -> str:
     lines = ["# Headline: worst case per defense over every malicious attack", "",
              f"Worst harm rate over all malicious attacks (plain), and over the attacked cells whose chance-normalised "
@@ -588,15 +620,18 @@ def headline_md(rows: list[dict], th: A.Thresholds) -> str:
     for r in {(r["model"], r["profile"]): r for r in rows if r.get("backbone_below_bound") and r["attack_strong_enough"]}.values():
         lines += [f"**{short_model(r['model'], r['profile'])}**: {r['note']}.", ""]
     header = ["model", "defense", "worst (all attacks)", "at", "capability-bounded worst", "at", "usable cells",
-              "worst usable harm", "initial capability (norm.)", "verdict", "mechanism installed"]
+              "worst usable harm", "initial capability (norm.)", "verdict", "separates from none", "mechanism installed"]
     body = [[short_model(r["model"]), r["defense_label"], r["worst_text"], r["worst_cell"] or DASH, r["ub_worst_text"],
              r["ub_worst_cell"] or DASH, str(r["ub_n_cells"]), r["usable_worst_text"],
              DASH if r["initial_capability_norm"] is None else f"{r['initial_capability_norm']:.2f}"
-             + (" (below bound)" if r["initial_below_bound"] else ""), r["verdict"], r["mechanism"]] for r in rows]
+             + (" (below bound)" if r["initial_below_bound"] else ""), r["verdict"], r["separates_from_none"],
+             r["mechanism"]] for r in rows]
     lines[2] += (" Mechanism installed: the defense's own number measured before any attack (record `mechanism`: SDD's "
                  "off-topic non-refusals, SDD-reject's rejection sentence, SEAM's held-out gradient cosine); a defense "
                  "whose mechanism did not install is listed after the others, not ranked with them; \"not measured\": "
-                 "its records predate the measurement.")
+                 "its records predate the measurement. Separates from none: the attacks under which the defense is "
+                 "less (or more) harmful than the undefended model by an exact paired test on the shared prompts, "
+                 "Holm-corrected (separation.md, with the smallest difference the test could have seen).")
     return "\n".join(lines + _md_table(header, body) + [""]) + "\n"
 
 
@@ -678,6 +713,13 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
                      "headline.md", "behaviour.csv", "behaviour.md", "compute.csv", "compute.md"]
     report.files += ["long.csv", "table1.csv", "table1.md", "table2.csv", "table2.md", "worst_case.csv",
                      "worst_case.md"]
+    sep = A.separation_rows(res)
+    for stale in ("separation.csv", "separation.md"):
+        (out_dir / stale).unlink(missing_ok=True)
+    if sep:  # only where records carry per-prompt outcomes (2026-12-07 on)
+        _write_csv(out_dir / "separation.csv", sep, _columns(sep, ["model", "defense", "column", "p_holm"]))
+        (out_dir / "separation.md").write_text(separation_md(sep))
+        report.files += ["separation.csv", "separation.md"]
     traj = A.trajectory_rows(res)
     (out_dir / "trajectory.csv").unlink(missing_ok=True)
     if traj:  # only where some record has an attack trajectory (the other outputs are unchanged without one)

@@ -157,6 +157,8 @@ def test_budget_configurations_stay_out_of_table1_lr_sweeps_and_harm_vs_n(tmp_pa
     assert groups["lr sweep: advbench-100"]["n_cells"] == "2"
     assert groups["attacker sweep: advbench-100"]["n_cells"] == "4" and "lora=True" in \
         groups["attacker sweep: advbench-100"]["worst_cell"]
-    points = [x for ser in drawn["malicious fine-tuning samples N (log)"].values() for pts in ser.values()
+    points = [x for ser in drawn[next(k for k in drawn if k.startswith("examples the attack trained on"))].values()
+              for pts in ser.values()
               for x, _ in pts]
-    assert sorted(points) == [10, 100]  # the recipe's two N at lr 5e-5; no LoRA / warm-up point at N=100
+    # the recipe's two N at lr 5e-5 (records without attack_info: x falls back to N); no LoRA / warm-up point at N=100
+    assert sorted(points) == [10, 100]

@@ -82,8 +82,8 @@ def test_real_two_backbone_grid_report(two_backbones):
     for h in headers:
         cols = [c.strip() for c in h.strip("|").split("|")]
         # the lr sweep: one column per lr (the lr named in the column, since it varies), no duplicate column
-        assert cols == ["defense", "Initial", "advbench-prefix-10 (10-shot, lr=5e-05)",
-                        "advbench-prefix-10 (10-shot, lr=0.0002)", "XSTest over-refusal (%)"], cols
+        assert cols == ["defense", "Initial", "advbench-prefix-10 (10-shot, 2 steps, 20 seen, lr=5e-05)",
+                        "advbench-prefix-10 (10-shot, 2 steps, 20 seen, lr=0.0002)", "XSTest over-refusal (%)"], cols
     assert "sst2" not in t1 and "Every attack at lr" not in t1
     rows = [line for line in t1.splitlines() if line.startswith(("| none |", "| sdd |"))]
     # 2 defenses × 2 backbones, in Table 1 and in its usable-harm table (the records carry usable_harm, so a grid

@@ -92,3 +92,45 @@ def test_headline_lists_a_defense_whose_mechanism_did_not_install_after_the_othe
     assert by["none"]["mechanism_state"] == "not measured"  # a record without the key predates the measurement
     md = (rep.out / "headline.md").read_text()
     assert "NOT installed" in md and "mechanism installed" in md
+
+
+# ------------------------------------------------------------------------------------------
+# issue 37 item 4: does a defense differ from no defense?  (paired exact test on the shared prompts)
+def _items(rec, cond, items):
+    rec["metrics"][cond]["harmful"]["harm-clf:harmful_rate"].update(value=sum(items) / len(items), items=items)
+    return rec
+
+
+def test_report_says_which_defense_separates_from_none_and_which_does_not(tmp_path):
+    from sdd_bench.leaderboards import aggregate as A
+    n = 64
+    none_att = [1] * 60 + [0] * 4                       # 94% harmful after the attack
+    differs = [0] * 30 + [1] * 30 + [0] * 4             # 30 prompts safe only with the defense: 47%
+    same = [1] * 59 + [0] * 5                           # one prompt apart: 92%
+    init = [0] * n
+    recs = [_items(_items(make_record("none", "advbench-100", cap=0.9, cap0=0.9), "attacked", none_att), "initial", init),
+            _items(_items(make_record("sdd", "advbench-100", cap=0.9, cap0=0.9), "attacked", differs), "initial", init),
+            _items(_items(make_record("tar", "advbench-100", cap=0.9, cap0=0.9), "attacked", same), "initial", init)]
+    rep = report(tmp_path, recs)
+    with (rep.out / "separation.csv").open() as f:
+        rows = {(r["defense"], r["attack"]): r for r in csv.DictReader(f)}
+    assert rows[("sdd", "advbench-100")]["separates"] == "safer"
+    assert int(rows[("sdd", "advbench-100")]["safer"]) == 30 and float(rows[("sdd", "advbench-100")]["p_holm"]) < 1e-6
+    assert rows[("tar", "advbench-100")]["separates"] == "no"
+    assert rows[("tar", "none")]["separates"] == "no"  # identical before the attack: no discordant prompt, p = 1
+    # the family: 4 tests (2 defenses × initial, attack); 2·½^k ≤ 0.05/4 → k = 8 prompts
+    assert rows[("sdd", "advbench-100")]["min_detectable_prompts"] == str(A.min_detectable_prompts(4)) == "8"
+    md = (rep.out / "separation.md").read_text()
+    assert "8 of 64 prompts" in md
+    with (rep.out / "headline.csv").open() as f:
+        head = {r["defense"]: r for r in csv.DictReader(f)}
+    assert head["sdd"]["separates_from_none"].startswith("safer at: advbench-100")
+    assert head["tar"]["separates_from_none"].startswith("nowhere")
+    t1 = (rep.out / "table1_paper.md").read_text()
+    assert t1.count("▼") == 2  # the sdd cell, and the legend line
+
+
+def test_holm_and_sign_test_by_hand():
+    from sdd_bench.leaderboards import aggregate as A
+    assert A.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert A.min_detectable_prompts(1) == 6  # 2·½^6 = 0.031 ≤ 0.05 < 2·½^5
