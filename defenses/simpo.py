@@ -138,7 +138,7 @@ class SimPO(Defense):
         from transformers import set_seed
 
         from sdd_bench.harness import models
-        from sdd_bench.harness.training import load_trainable
+        from sdd_bench.harness.training import check_finite, load_trainable
         c = self.cfg
         device = models.resolve_device(ctx.device)
         set_seed(ctx.seed)
@@ -149,6 +149,7 @@ class SimPO(Defense):
         trainer.train()
         dt = time.time() - t0
         shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
+        check_finite(trainer.state.log_history, trainer.model, "defense:simpo", c)
         new = C.save_trained(trainer.model, tok, ref, out_dir, lora=c.lora, name="simpo")
         hist = trainer.state.log_history
         info = {"examples": len(rows), "steps": trainer.state.global_step, "seconds": dt,

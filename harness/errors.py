@@ -19,3 +19,7 @@ class DataError(SddBenchError):
 
 class ModelError(SddBenchError):
     """A model cannot be built or loaded."""
+
+
+class TrainingDivergedError(SddBenchError):
+    """Training produced a non-finite loss, gradient norm or weights: the stage failed, nothing was stored."""

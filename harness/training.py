@@ -252,6 +252,27 @@ def _save_at_steps_callback(steps, save):
     return SaveAtSteps()
 
 
+def check_finite(log_history: Sequence[dict], model, name: str, cfg=None) -> None:
+    """Fail a training stage that diverged (issue 38): a non-finite loss or gradient norm in any logged step, or any
+    non-finite weight afterwards, raises :class:`TrainingDivergedError` naming the run and its learning rate, so no
+    artifact is stored and no record is written from a broken model (a ``--attack-lr 1e30`` used to give a record
+    with refusal 0.0 / incoherent 1.0 "measured" on NaN weights)."""
+    import torch
+    from .errors import TrainingDivergedError
+    lr = f" at lr {cfg.lr:g}" if cfg is not None and getattr(cfg, "lr", None) is not None else ""
+    for h in log_history:
+        for k in ("loss", "grad_norm"):
+            v = h.get(k)
+            if isinstance(v, (int, float)) and not math.isfinite(v):
+                raise TrainingDivergedError(
+                    f"{name}: training diverged{lr} — {k} {v} at step {h.get('step', '?')}; nothing was stored. "
+                    f"Lower the learning rate (e.g. --attack-lr / --defense-opt lr=...) or enable clipping.")
+    bad = sum(int((~torch.isfinite(p.detach())).sum()) for p in model.parameters())
+    if bad:
+        raise TrainingDivergedError(f"{name}: training diverged{lr} — {bad} non-finite weights after training; "
+                                    f"nothing was stored. Lower the learning rate or enable clipping.")
+
+
 def train_sft(ref, pairs: Sequence[dict], cfg: TrainConfig, out_dir: Path, template: str, *, device: str = "auto",
               trainer_cls=None, trainer_kwargs: dict | None = None, extra_fields: Sequence[dict] | None = None,
               progress: bool = True, name: str = "sft", model_and_tok=None, save_at_steps: Sequence[int] = ()):
@@ -306,6 +327,7 @@ def train_sft(ref, pairs: Sequence[dict], cfg: TrainConfig, out_dir: Path, templ
     import shutil
     shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
     model = trainer.model
+    check_finite(trainer.state.log_history, model, name, cfg)
     ckpt = out_dir / "model"
     if cfg.lora and not input_had_adapter:
         model.save_pretrained(ckpt)

@@ -56,3 +56,21 @@ def test_checkpointing_policy(monkeypatch):
     monkeypatch.setenv(CHECKPOINTING_ENV, "sometimes")
     with pytest.raises(ConfigError, match="cpu \\| on \\| off"):
         activation_checkpointing("cpu")
+
+
+def test_diverged_training_fails_the_stage_and_stores_nothing(tiny_ref, tmp_path, session_store):
+    """Issue 38: --attack-lr 1e30 is finite, so it passes validation; the run must fail, not become a record."""
+    from sdd_bench.harness import pipeline
+    from sdd_bench.harness.errors import TrainingDivergedError
+    from sdd_bench.harness.training import TrainConfig, train_sft
+    with pytest.raises(TrainingDivergedError, match=r"training diverged at lr 1e\+30"):
+        train_sft(tiny_ref, PAIRS, TrainConfig(lr=1e30, max_steps=2, batch_size=4), tmp_path / "x", "chat",
+                  device="cpu", progress=False, name="attack:test")
+    spec = pipeline.spec_from_mapping(dict(profile="tiny", capability=False, n_harmful=2, n_benign=1, n_xstest=0,
+                                           judges=[], attack="beavertails-10", attack_options={"lr": 1e30}))
+    with pytest.raises(TrainingDivergedError, match="attack:beavertails-10"):
+        pipeline.run_cell(spec, session_store, progress=False, log=lambda *_: None)
+    assert pipeline.finished_record(session_store, pipeline.resolve(spec)) is None
+    # a sane run passes the same check
+    train_sft(tiny_ref, PAIRS, TrainConfig(lr=1e-2, max_steps=2, batch_size=4), tmp_path / "ok", "chat",
+              device="cpu", progress=False, name="attack:test")
