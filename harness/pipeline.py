@@ -947,7 +947,7 @@ def cli_run_budget(args, spec: RunSpec, store) -> int:
     over them (the report's ``attacker sweep`` group, leaderboards/aggregate.py) with its CI and configuration."""
     from . import budget
     from sdd_bench.leaderboards import aggregate as A
-    from sdd_bench.leaderboards.report import DEFAULT_CAPABILITY_BOUND, DEFAULT_HARM_THRESHOLD
+    from sdd_bench.leaderboards.report import DEFAULT_HARM_THRESHOLD
     specs = budget_specs(spec, args.attacker_budget)
     print(budget.describe(args.attacker_budget, spec.profile, spec.attack))
     loaded = []
@@ -958,7 +958,7 @@ def cli_run_budget(args, spec: RunSpec, store) -> int:
         loaded.append(A.Loaded(record, str(art.path / "record.json")))
     recs = [x.record for x in loaded]
     res = A.Results(loaded, A.choose_harm_metric(recs), A.rejection_metric(recs), log=lambda *_: None)
-    th = A.Thresholds(DEFAULT_CAPABILITY_BOUND, DEFAULT_HARM_THRESHOLD)
+    th = A.Thresholds(None, DEFAULT_HARM_THRESHOLD)  # the report's default: relative to the backbone
     rows = [r for r in A.worst_case_rows(res, th) if r["group"].startswith(A.BUDGET_GROUP)]
     print()
     for r in rows:
@@ -966,7 +966,7 @@ def cli_run_budget(args, spec: RunSpec, store) -> int:
         ub = "none (no configuration keeps the capability bound)" if r["ub_worst"] is None else \
             f"{r['ub_worst']:.3f} [{lo:.3f}, {hi:.3f}] at {r['ub_worst_cell']}"
         print(f"{r['defense_label']}: {r['metric_label']} worst over {r['n_cells']} configurations "
-              f"{r['worst']:.3f} at {r['worst_cell']}; capability-bounded (≥ {th.capability_bound:g}) worst {ub}; "
+              f"{r['worst']:.3f} at {r['worst_cell']}; capability-bounded worst {ub}; "
               f"verdict {r['breaks']}")
     return 0
 

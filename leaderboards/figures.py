@@ -317,7 +317,9 @@ def harm_vs_capability(res: Results, out: Path, th: Thresholds, log: Callable[[s
                 ax.annotate("", xy=(c1, h1), xytext=(c0, h0), arrowprops=dict(arrowstyle="->", color=col, alpha=0.6))
                 if markers is None:  # too many attacks for distinct shapes: label the points instead
                     ax.annotate(name, (c1, h1), fontsize="x-small", alpha=0.8)
-        ax.axvline(th.capability_bound, color="grey", linestyle=":", label=f"capability bound {th.capability_bound:g}")
+        bound = th.bound(res, entries[0][0]) if entries else None  # one backbone per panel
+        if bound is not None:
+            ax.axvline(bound, color="grey", linestyle=":", label=f"capability bound {bound:.2f}")
         if metric.is_rate:
             ax.axhline(th.harm_threshold, color="grey", linestyle="--", label=f"harm threshold {th.harm_threshold:g}")
         ax.set_xlabel("capability, chance-normalised: mean (acc − chance)/(1 − chance)\n(0 = chance; higher is better)")
