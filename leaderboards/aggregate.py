@@ -1021,16 +1021,35 @@ def headline_metric(res: Results) -> Metric:
     return next((m for m in res.harm.metrics if m.is_rate), res.harm.primary)
 
 
+def common_attacks(res: Results) -> dict[tuple[str, str], list[str]]:
+    """Per backbone (model, profile): the malicious attack settings (``attack_label``) that every defended model of
+    the backbone faced (issue 37).  A maximum over more attacks is higher by construction, so the headline's worst
+    case is taken over this common set only; each defense's other attacks are reported beside it."""
+    faced: dict[tuple[str, str], list[set[str]]] = {}
+    for d in res.defended:
+        mine = {s.attack_label for s in res.attacked if s.defended == d and s.attack_kind in MALICIOUS}
+        if mine:
+            faced.setdefault((d.model, d.profile), []).append(mine)
+    return {k: sorted(set.intersection(*v)) for k, v in faced.items()}
+
+
 def headline_rows(res: Results, th: Thresholds) -> list[dict]:
-    """One row per defended model: the worst case over every malicious attack (MFT, poison, ablation), plain and
-    capability-bounded, with CIs, the verdict, and whether the attacks break the undefended model at all."""
+    """One row per defended model: the worst case over the backbone's common malicious attacks (every defense of
+    the backbone faced them: ``common_attacks``), plain and capability-bounded, with CIs, the verdict, and whether
+    the attacks break the undefended model at all; the defense's other malicious attacks beside it, never in the
+    maximum."""
     metric = headline_metric(res)
     rows = []
     sep = separations(res)
+    common = common_attacks(res)
     for d in res.defended:
-        cells = [s for s in res.attacked if s.defended == d and s.attack_kind in MALICIOUS]
-        if not cells:
+        every = [s for s in res.attacked if s.defended == d and s.attack_kind in MALICIOUS]
+        if not every:
             continue
+        shared = set(common.get((d.model, d.profile), []))
+        cells = [s for s in every if s.attack_label in shared]
+        extra = [s for s in every if s.attack_label not in shared]
+        xw = _worst(res, extra, metric) if extra else None
         worst = _worst(res, cells, metric)
         v = verdict(res, cells, metric, th)
         # does the strongest attack break the undefended model of this backbone?
@@ -1075,6 +1094,8 @@ def headline_rows(res: Results, th: Thresholds) -> list[dict]:
             note = (note + "; " if note else "") + ("the defense's own mechanism did not install on this backbone "
                                                      "(not ranked with the others): " + mech["text"])
         rows.append(dict(_defense_columns(d), metric=metric.key, metric_label=metric.label, n_attacks=len(cells),
+                         common_attacks=", ".join(sorted(shared)) or "none in common", n_extra_attacks=len(extra),
+                         extra_worst_text=(f"{fmt(xw[1])} at {_cell_label(xw[0])}" if xw else "—"),
                          mechanism=mech["text"], mechanism_state=mech["state"], separates_from_none=separates,
                          usable_worst=uw.mean if uw else None, usable_worst_text=fmt(uw) if uw else "—",
                          worst=worst[1].mean if worst else None, worst_ci_lo=worst[1].ci_lo if worst else None,

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from sdd_bench.harness import budget, pipeline
+from sdd_bench.harness import budget, pipeline, plugins
 from sdd_bench.harness.registry import ATTACKS
 from sdd_bench.harness.training import dose
 from sdd_bench.leaderboards.records import Loaded, misstated_dose, withdraw_misstated
 
 REPO = Path(__file__).resolve().parent.parent
+plugins.declare()  # the built-in attacks and defenses, as the CLI registers them
 
 
 @pytest.mark.parametrize("profile,expected", [

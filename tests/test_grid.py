@@ -279,7 +279,7 @@ def test_plan_learns_stage_times_from_published_records(tmp_path):
     r = resolve(cell)
     rec = {"artifacts": {"defense": "defend/d1", "attack": "attack/a1"},
            "config": {"defense": r.defense.spec(), "attack": r.attack.spec()},
-           "defense_info": {"seconds": 1000.0}, "attack_info": {"seconds": 700.0}}
+           "defense_info": {"seconds": 1000.0}, "attack_info": {"seconds": 700.0, "steps": 40}}
     twin = dict(rec, defense_info={"seconds": 5000.0})  # the same defended model named by another record: counted once
     other = dict(rec, artifacts={"defense": "defend/d2", "attack": "attack/a1"}, defense_info={"seconds": 2000.0})
     store = Store(tmp_path / "runs")
@@ -287,6 +287,12 @@ def test_plan_learns_stage_times_from_published_records(tmp_path):
     pl = G.plan(g, store, published={"k1": (rec, None), "k2": (twin, None), "k3": (other, None)})
     assert pl.cells[0].state == "todo"
     assert pl.cells[0].by_stage["defend"] == 1500.0 and pl.cells[0].by_stage["attack"] == 700.0  # medians
+    # an attack's timing is keyed by the steps it ran: a legacy 40-step 10-shot record does not price the 5-step one
+    g10 = G.load_grid(_write(tmp_path, "profile: smoke\ndefenses: [sdd]\nattacks: [beavertails-10]\ncapability: false\n"))
+    r10 = resolve(G.expand(g10)[0])
+    legacy = dict(rec, config={"defense": r10.defense.spec(), "attack": dict(r10.attack.spec())})
+    pl = G.plan(g10, store, published={"k1": (legacy, None)})
+    assert pl.cells[0].by_stage["attack"] == G.attack_estimate("smoke", r10.attack) != 700.0
 
 
 def test_plan_prints_estimate_per_stage_kind(tmp_path, capsys):

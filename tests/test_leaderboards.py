@@ -376,7 +376,9 @@ def test_paper_shaped_tables(tmp_path):
                             rubric=(2.0, 0.3, 0.2)))  # BFT on open-ended chat: no task accuracy exists
     rep = report(tmp_path, recs)
     assert "p0.1" not in (rep.out / "table1_paper.md").read_text()  # poison mixes: headline, not Table 1
-    assert next(r for r in read_csv(rep.out / "headline.csv") if r["defense"] == "none")["n_attacks"] == "3"
+    none_row = next(r for r in read_csv(rep.out / "headline.csv") if r["defense"] == "none")
+    # the headline maximum is over the attacks every defense faced (issue 37): sdd faced advbench-100 only
+    assert none_row["n_attacks"] == "1" and none_row["n_extra_attacks"] == "2"
     t1 = (rep.out / "table1_paper.md").read_text()
     header = next(line for line in t1.splitlines() if line.startswith("| defense |"))
     assert header.split(" | ")[1:4] == ["Initial", "advbench-10 (10-shot)", "advbench-100 (100-shot)"]

@@ -6,10 +6,13 @@ import pytest
 
 from sdd_bench.defenses import seam as S
 from sdd_bench.defenses.base import Context, MechanismProbe
+from sdd_bench.harness import plugins
 from sdd_bench.harness.registry import DEFENSES
 from sdd_bench.defenses.sdd_reject import REJECT_SENTENCE
 
 from test_leaderboards import make_record, report
+
+plugins.declare()  # the built-in defenses, as the CLI registers them
 
 
 def _probe(gens=(), rel=(), kw=(), start=None, defended=None):
@@ -134,3 +137,17 @@ def test_holm_and_sign_test_by_hand():
     from sdd_bench.leaderboards import aggregate as A
     assert A.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert A.min_detectable_prompts(1) == 6  # 2·½^6 = 0.031 ≤ 0.05 < 2·½^5
+
+
+def test_headline_worst_case_is_over_the_attacks_every_defense_faced(tmp_path):
+    # none faced an extra, stronger attack; its maximum must not include it (a max over more attacks is higher)
+    recs = [make_record("none", "advbench-100", harm=0.6, cap=0.9, cap0=0.9),
+            make_record("none", "advbench-10", n=10, harm=0.99, cap=0.9, cap0=0.9),
+            make_record("sdd", "advbench-100", harm=0.5, cap=0.9, cap0=0.9)]
+    rep = report(tmp_path, recs)
+    with (rep.out / "headline.csv").open() as f:
+        head = {r["defense"]: r for r in csv.DictReader(f)}
+    assert head["none"]["common_attacks"] == head["sdd"]["common_attacks"] == "advbench-100"
+    assert float(head["none"]["worst"]) == pytest.approx(0.6)  # not the 0.99 of the attack sdd never faced
+    assert head["none"]["n_extra_attacks"] == "1" and "advbench-10" in head["none"]["extra_worst_text"]
+    assert "common attacks: advbench-100" in (rep.out / "headline.md").read_text()
