@@ -21,7 +21,19 @@ never prompt or generation text:
   ``"<omitted: N chars, sha256 …>"`` and listed in ``published.omitted`` — a record field that long is
   not a label, number or path, and might be text from a prompt or a generation.  Strings under keys
   in :data:`SAFE_KEYS` (filesystem paths, hashes, versions) are kept up to :data:`MAX_SAFE` characters.
-- A ``published`` block is added: ``{"record": "record/<key>", "omitted": [...], "schema": 1}``.
+- A ``published`` block is added: ``{"record": "record/<key>", "omitted": [...], "schema": 1, "digest": "sha256:…"}``.
+
+``published.digest`` is the sha256 of the record's canonical JSON (sorted keys, no whitespace) without the digest
+itself: its numbers, cell, configs, provenance and the rest of the ``published`` block.  A committed file is the
+result that the leaderboard is rendered from, and a number edited by hand in it would otherwise be rendered like
+a measured one; with the digest every reader notices (:func:`verify`): ``sdd-bench report`` refuses to render a
+record whose content no longer matches its digest, ``sdd-bench publish`` (and ``grid --publish``) refuses to
+overwrite one, and ``grid --publish`` does not count one as a finished cell — each in one line naming the file and
+how to restore it.  Records published before digests existed have none ("unsigned"): they are read as they are,
+with one line saying how many there are, and ``sdd-bench publish --stamp DIR`` (:func:`stamp`) signs them once,
+explicitly, as they are now.  Published files are strict JSON, written and read: a ``NaN`` or ``Infinity``
+literal (which the store never writes: a missing number is ``null``) is one error naming the file
+(:func:`loads_strict`).
 
 :func:`long_strings` is the check ``tests/test_publish.py`` runs over every file under ``results/``.
 Writes are atomic (temp file + rename), so a grid killed while publishing leaves no half-written file.
@@ -32,6 +44,7 @@ import copy
 import hashlib
 import json
 import os
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +58,88 @@ MAX_SAFE = 1000  # longest path/hash/version string under a SAFE_KEYS key
 SAFE_KEYS = frozenset({"path", "model_path", "cwd", "workdir", "python", "platform", "executable", "git", "sha256",
                        "version", "versions", "command"})
 SCHEMA = 1
+DIGEST_KEY = "digest"  # published.digest: "sha256:<hex>" of the record without this field
+STAMP_HINT = "sdd-bench publish --stamp"
 
 
 class PublishError(SddBenchError):
     """A record cannot be published."""
+
+
+class NonStandardJSON(ValueError):
+    """A ``NaN``, ``Infinity`` or ``-Infinity`` literal: Python's json reads them, JSON has no such numbers."""
+
+    def __init__(self, literal: str):
+        super().__init__(f"{literal} is not a JSON number")
+        self.literal = literal
+
+
+def _reject_constant(literal: str):
+    raise NonStandardJSON(literal)
+
+
+def loads_strict(text: str) -> Any:
+    """``json.loads`` that refuses ``NaN``/``Infinity`` literals (:class:`NonStandardJSON`, a ValueError): the
+    store writes a missing number as null, so such a literal in a record was written by hand, and read as a float
+    it would reach the tables (or crash them) instead of being reported."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def restore_hint(path: str | Path) -> str:
+    return (f"restore it with `git checkout -- {path}`, or delete it and publish the cell again from its work dir "
+            f"(`sdd-bench publish`)")
+
+
+def nonstandard_line(path: str | Path, err: NonStandardJSON) -> str:
+    """The one line for a record file holding a ``NaN``/``Infinity`` literal."""
+    return (f"{path}: holds {err.literal}, which is not a JSON number (a missing number is null; records never hold "
+            f"{err.literal}), so it was edited by hand; {restore_hint(path)}")
+
+
+def tampered_line(paths: list[str] | list[Path], what: str = "") -> str:
+    """The one line for published records whose content no longer matches their ``published.digest``."""
+    if len(paths) == 1:
+        return (f"{paths[0]}: edited after it was published (its content no longer matches published.digest)"
+                f"{what}; {restore_hint(paths[0])}")
+    names = ", ".join(map(str, paths[:5])) + (", …" if len(paths) > 5 else "")
+    return (f"{len(paths)} published records were edited after they were published (their content no longer "
+            f"matches published.digest){what}: {names}; restore each with `git checkout -- <file>`, or delete it and "
+            f"publish the cell again from its work dir (`sdd-bench publish`)")
+
+
+def content_digest(rec: dict) -> str:
+    """sha256 of a published record's canonical JSON without ``published.digest`` (everything else counts)."""
+    from .store import canonical_json
+    body = dict(rec)
+    if isinstance(body.get("published"), dict):
+        body["published"] = {k: v for k, v in body["published"].items() if k != DIGEST_KEY}
+    return "sha256:" + hashlib.sha256(canonical_json(body).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def sign(rec: dict) -> dict:
+    """``rec`` with ``published.digest`` set (in place; ``rec`` must have its ``published`` block)."""
+    rec["published"][DIGEST_KEY] = content_digest(rec)
+    return rec
+
+
+def verify(rec: Any) -> str:
+    """``"signed"`` (its digest matches), ``"tampered"`` (it does not), ``"unsigned"`` (a published record without
+    a digest: published before digests existed, or by an older sdd-bench still running) or ``"unpublished"`` (no
+    ``published`` block: a store record or a ``--out`` copy, which nobody edits in a repository)."""
+    pub = rec.get("published") if isinstance(rec, dict) else None
+    if not isinstance(pub, dict):
+        return "unpublished"
+    if pub.get(DIGEST_KEY) is None:
+        return "unsigned"
+    return "signed" if pub[DIGEST_KEY] == content_digest(rec) else "tampered"
+
+
+def unsigned_line(paths: list[str] | list[Path]) -> str:
+    """The one line for published records without a digest: they are read, and named so they get stamped."""
+    dirs = " ".join(dict.fromkeys(str(Path(p).parent) for p in paths))
+    names = ", ".join(Path(p).name for p in paths[:3]) + (", …" if len(paths) > 3 else "")
+    return (f"{len(paths)} published record(s) carry no digest (published before digests, or by an older sdd-bench) "
+            f"and are read as they are: {names}; sign them once, after checking them: `{STAMP_HINT} {dirs}`")
 
 
 def _digest(s: str) -> str:
@@ -113,7 +204,8 @@ def sanitize(record: dict, record_ref: str | None) -> dict:
             return [walk(v, f"{p}[{i}]", limit) for i, v in enumerate(x)]
         return x
 
-    rec = walk(json.loads(json.dumps(rec, default=str)), "", MAX_TEXT)
+    from .store import dumps_strict
+    rec = walk(json.loads(dumps_strict(rec)), "", MAX_TEXT)  # NaN/inf become null, as in the store: strict JSON
     rec["published"] = {"record": record_ref, "omitted": omitted, "schema": SCHEMA}
     assert not long_strings(rec), long_strings(rec)
     return rec
@@ -128,7 +220,31 @@ def record_key(record: dict, record_ref: str | None) -> str:
 
 
 def dumps(rec: dict) -> str:
-    return json.dumps(rec, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    return json.dumps(rec, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.parent / f".tmp-{path.stem}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_overwrite(path: Path, old: str) -> None:
+    """Refuse (one line) to replace a published file that was edited by hand: one whose content no longer matches
+    its digest, or that is no longer strict JSON.  The edit may be a mistake or someone's work; either way it must
+    be looked at, not silently replaced.  An unsigned file (published before digests) is replaced as before."""
+    try:
+        obj = loads_strict(old)
+    except NonStandardJSON as err:
+        raise PublishError(nonstandard_line(path, err) + "; not overwritten") from None
+    except ValueError as err:
+        raise PublishError(f"{path}: not valid JSON ({err}), so it was edited by hand and is not overwritten; "
+                           f"{restore_hint(path)}") from None
+    if verify(obj) == "tampered":
+        raise PublishError(tampered_line([path], ", so publish does not overwrite it"))
 
 
 @dataclass
@@ -160,51 +276,70 @@ def backfill_usable_harm(record: dict, store_root: str | Path | None) -> dict:
 
 def publish_record(record: dict, record_ref: str | None, root: str | Path = DEFAULT_ROOT,
                    store_root: str | Path | None = None) -> Published:
-    """Write one sanitized record to ``root/<profile>/<key>.json`` (atomic; unchanged bytes are not rewritten).
-    With ``store_root`` (the work dir the record came from) a missing usable-harm block is filled in first."""
+    """Write one sanitized, signed record to ``root/<profile>/<key>.json`` (atomic; unchanged bytes are not
+    rewritten; a file there that was edited by hand is not overwritten: :class:`PublishError`).  With
+    ``store_root`` (the work dir the record came from) a missing usable-harm block is filled in first."""
     record = backfill_usable_harm(record, store_root)
     profile = str(record.get("cell", {}).get("profile") or record.get("spec", {}).get("profile") or "")
     if not profile or "/" in profile or profile.startswith("."):
         raise PublishError(f"record {record_ref or ''} has no usable profile ({profile!r}); cannot choose results/<profile>/.")
-    rec = sanitize(record, record_ref)
+    rec = sign(sanitize(record, record_ref))
     text = dumps(rec)
+    assert verify(loads_strict(text)) == "signed"  # the digest is of what the file holds, not of the dict
     out_dir = Path(root) / profile
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{record_key(record, record_ref)}.json"
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return Published(path, False, rec["published"]["omitted"])
-    tmp = out_dir / f".tmp-{path.stem}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if path.is_file():
+        old = path.read_text(encoding="utf-8")
+        if old == text:
+            return Published(path, False, rec["published"]["omitted"])
+        _check_overwrite(path, old)
+    _write_atomic(path, text)
     return Published(path, True, rec["published"]["omitted"])
 
 
-def published_cells(root: str | Path, profile: str) -> dict[str, tuple[dict, Path]]:
+def published_cells(root: str | Path, profile: str,
+                    log: Callable[[str], None] = print) -> dict[str, tuple[dict, Path]]:
     """Cell key (harness.pipeline.record_cell_key) → (record, file) of every record published under
     ``root/<profile>/``: what ``sdd-bench grid --publish ROOT`` counts as finished, so a grid resumed on an empty
     work dir (a new machine, a pruned cache) runs only the cells the repository does not hold yet.  A record whose
     configs differ from today's (a changed default, another build of the base model) has another key and is not
     matched: its cell is run again.  A record of an attack trajectory also answers the same cell without one
-    (``pipeline.record_cell_keys``); a record of the cell itself is preferred.  Unreadable files are skipped
-    (``tests/test_publish.py`` checks them)."""
+    (``pipeline.record_cell_keys``); a record of the cell itself is preferred.  A record edited after it was
+    published (its digest does not match) or holding a ``NaN``/``Infinity`` literal is not finished: one ``log``
+    line names it and how to restore it (its cell is planned, and publishing its result will refuse to overwrite
+    the file until it is restored).  Unsigned records count, with one line saying how many.  Other unreadable
+    files are skipped (``tests/test_publish.py`` checks them)."""
     from .pipeline import record_cell_keys
     out: dict[str, tuple[dict, Path]] = {}
     derived: dict[str, tuple[dict, Path]] = {}
     d = Path(root) / profile
     if not d.is_dir():
         return out
+    tampered: list[Path] = []
+    unsigned: list[Path] = []
     for f in sorted(d.glob("*.json")):
         try:
-            rec = json.loads(f.read_text(encoding="utf-8"))
+            rec = loads_strict(f.read_text(encoding="utf-8"))
+        except NonStandardJSON as err:
+            log(nonstandard_line(f, err) + "; its cell is not counted as published")
+            continue
         except (OSError, ValueError):
             continue
+        state = verify(rec)
+        if state == "tampered":
+            tampered.append(f)
+            continue
+        if state == "unsigned":
+            unsigned.append(f)
         keys = record_cell_keys(rec) if isinstance(rec, dict) else []
         if keys:
             out[keys[0]] = (rec, f)
             derived.update({k: (rec, f) for k in keys[1:]})
+    if tampered:
+        log(tampered_line(tampered, "; not counted as published, so the cell is planned again"))
+    if unsigned:
+        log(unsigned_line(unsigned))
     return {**derived, **out}
 
 
@@ -237,13 +372,70 @@ def grid_records(spec_path: str | Path, workdir: str | Path) -> list[tuple[dict,
 
 
 def publish_many(items: Iterable[tuple[dict, str]], root: str | Path = DEFAULT_ROOT,
-                 log: Callable[[str], None] = print, store_root: str | Path | None = None) -> list[Published]:
+                 log: Callable[[str], None] = print, store_root: str | Path | None = None,
+                 refused: list[str] | None = None) -> list[Published]:
+    """Publish each record; with ``refused`` a record that cannot be published (a file edited by hand in its place)
+    adds its one line there and the others are still published, else the first such error is raised."""
     out = []
     for record, ref in items:
-        p = publish_record(record, ref, root, store_root)
+        try:
+            p = publish_record(record, ref, root, store_root)
+        except PublishError as err:
+            if refused is None:
+                raise
+            refused.append(str(err))
+            continue
         note = f" (omitted {len(p.omitted)} long field(s): {', '.join(p.omitted[:3])})" if p.omitted else ""
         log(f"{'published' if p.changed else 'unchanged'} {p.path}{note}")
         out.append(p)
+    return out
+
+
+@dataclass
+class Stamped:
+    stamped: list[Path]
+    signed: list[Path]     # already carried a matching digest
+    problems: list[str]    # one line each: edited files, NaN literals, files that are not published records
+
+
+def stamp(targets: Iterable[str | Path], log: Callable[[str], None] = print) -> Stamped:
+    """Sign the unsigned published records in ``targets`` (directories such as ``results/smoke`` or ``results``:
+    every ``*.json`` below them; or files): the one-time, explicit path for records published before digests
+    existed.  A stamp vouches for the content as it is now, so run it on files you trust (a clean checkout of
+    committed results).  Idempotent: a signed record is left alone (its bytes unchanged); a record whose digest
+    does not match is reported, never re-signed (that would bless the edit); a file that is not a published record
+    or holds a ``NaN`` literal is reported and left alone.  The file is rewritten in the publish format with only
+    ``published.digest`` added."""
+    out = Stamped([], [], [])
+    files: list[Path] = []
+    for t in targets:
+        t = Path(t)
+        if t.is_dir():
+            files += sorted(t.rglob("*.json"))
+        elif t.is_file():
+            files.append(t)
+        else:
+            out.problems.append(f"{t}: no such file or directory")
+    for f in files:
+        try:
+            rec = loads_strict(f.read_text(encoding="utf-8"))
+        except NonStandardJSON as err:
+            out.problems.append(nonstandard_line(f, err) + "; not stamped")
+            continue
+        except ValueError as err:
+            out.problems.append(f"{f}: not valid JSON ({err}); not stamped")
+            continue
+        state = verify(rec)
+        if state == "unpublished":
+            out.problems.append(f"{f}: not a published record (no 'published' block); not stamped")
+        elif state == "tampered":
+            out.problems.append(tampered_line([f], ", so it is not stamped"))
+        elif state == "signed":
+            out.signed.append(f)
+        else:
+            _write_atomic(f, dumps(sign(rec)))
+            out.stamped.append(f)
+            log(f"stamped {f}")
     return out
 
 
@@ -254,17 +446,33 @@ def register_cli(sub, add_common) -> dict:
                        description="Copy the records of finished cells from the work dir into the repository: "
                                    "ROOT/<profile>/<record key>.json, sanitized (no prompt or generation text: the chat "
                                    "template's source is replaced by its hash, any other string over "
-                                   f"{MAX_TEXT} characters by a hash label). Idempotent. See docs/grids.md.")
+                                   f"{MAX_TEXT} characters by a hash label) and signed (published.digest, a sha256 of "
+                                   "the record's content: report, publish and grid --publish refuse a record edited "
+                                   "after publishing). Idempotent. See docs/grids.md.")
     p.add_argument("grids", nargs="*", metavar="GRID",
                    help="grid YAML files: publish their finished cells (default: every finished record of the work dir)")
     p.add_argument("--to", default=DEFAULT_ROOT, metavar="ROOT",
                    help=f"results root; records go to ROOT/<profile>/ (default {DEFAULT_ROOT}, relative to the "
                         f"current directory: run from the repository root)")
+    p.add_argument("--stamp", nargs="+", metavar="DIR",
+                   help="instead of publishing: add the digest to the published records in DIR (e.g. results/smoke) "
+                        "that have none (published before digests existed); signs them as they are now, so run it on "
+                        "a clean checkout; idempotent; reports records edited after publishing instead of signing them")
     add_common(p)
     return {"publish": cli_publish}
 
 
 def cli_publish(args) -> int:
+    if args.stamp:
+        if args.grids:
+            raise PublishError("--stamp signs published records already in the repository; it takes no GRID "
+                               f"(got {', '.join(args.grids)}).")
+        res = stamp(args.stamp, log=(lambda *_: None) if args.quiet else print)
+        for line in res.problems:
+            print(f"stamp: {line}", file=sys.stderr)
+        print(f"stamp: {len(res.stamped) + len(res.signed) + len(res.problems)} file(s) in {' '.join(args.stamp)}: "
+              f"{len(res.stamped)} stamped, {len(res.signed)} already signed, {len(res.problems)} not stamped")
+        return 1 if res.problems else 0
     items: list[tuple[dict, str]] = []
     if args.grids:
         for g in args.grids:
@@ -274,7 +482,11 @@ def cli_publish(args) -> int:
     if not items:
         print(f"publish: no finished record in {args.workdir}" + (f" for {', '.join(args.grids)}" if args.grids else ""))
         return 0
-    res = publish_many(items, args.to, log=(lambda *_: None) if args.quiet else print, store_root=args.workdir)
-    print(f"publish: {len(res)} record(s) -> {args.to}/ ({sum(p.changed for p in res)} written, "
-          f"{sum(not p.changed for p in res)} unchanged)")
-    return 0
+    refused: list[str] = []
+    res = publish_many(items, args.to, log=(lambda *_: None) if args.quiet else print, store_root=args.workdir,
+                       refused=refused)
+    for line in refused:
+        print(f"publish: REFUSED {line}", file=sys.stderr)
+    print(f"publish: {len(res) + len(refused)} record(s) -> {args.to}/ ({sum(p.changed for p in res)} written, "
+          f"{sum(not p.changed for p in res)} unchanged" + (f", {len(refused)} refused" if refused else "") + ")")
+    return 1 if refused else 0

@@ -9,6 +9,12 @@ how the same records were spelled.  Each record
 becomes a :class:`Loaded` (the record and where it came from).  Two records of the same cell and
 seed are one replicate: the one with more measurements is kept and the other is reported as a
 duplicate, so a record found both in the store and as a ``--out`` copy is never counted twice.
+
+Records are read as strict JSON (a ``NaN``/``Infinity`` literal is one error naming the file), and a published
+record whose content no longer matches its ``published.digest`` (edited by hand after publishing) fails the whole
+report in one line naming the file (:func:`check_published`): a leaderboard rendered without it would silently
+lose a cell, and rendered with it would show a number nobody measured.  Unsigned published records (published
+before digests) are read, with one log line.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from sdd_bench.harness.errors import SddBenchError
+from sdd_bench.harness.publish import (NonStandardJSON, loads_strict, nonstandard_line, tampered_line, unsigned_line,
+                                       verify)
 
 
 class ReportError(SddBenchError):
@@ -47,9 +55,12 @@ def is_record(obj: Any) -> bool:
 
 
 def read_record(path: Path) -> dict:
-    """One record file; raises :class:`NotARecordError` with a one-line reason."""
+    """One record file; raises :class:`NotARecordError` with a one-line reason (:class:`ReportError` for a
+    ``NaN``/``Infinity`` literal, which a directory of records must not skip)."""
     try:
-        obj = json.loads(path.read_text())
+        obj = loads_strict(path.read_text())
+    except NonStandardJSON as err:  # not "not a record": a directory would skip it, and its cell would vanish
+        raise ReportError(nonstandard_line(path, err)) from None
     except json.JSONDecodeError as err:
         raise NotARecordError(f"{path}: not a run record (invalid JSON: {err.msg} at line {err.lineno}).") from None
     except OSError as err:
@@ -119,7 +130,22 @@ def load(inputs: Iterable[str], workdir: str | None = None, log: Callable[[str],
         raise NoRecordsError(f"no run records found in {', '.join(map(str, inputs)) or '(no inputs)'}; give record "
                              f"JSON files, directories holding them, or grid YAML files"
                              + (" (a grid's records are read from its work dir, --workdir)." if grids else "."))
+    check_published(out, log)
     return out
+
+
+def check_published(loaded: list[Loaded], log: Callable[[str], None] = print) -> None:
+    """Raise :class:`ReportError` (one line naming the files and how to restore them) if a published record was
+    edited after it was published (``harness.publish.verify``); log one line naming the unsigned ones.  Failing,
+    rather than withdrawing the record, keeps the rule simple: no table is ever rendered from an edited record, and
+    no committed leaderboard quietly loses a cell.  Records that were never published (the store's) pass."""
+    states = [(x.source, verify(x.record)) for x in loaded]
+    tampered = [src for src, st in states if st == "tampered"]
+    if tampered:
+        raise ReportError(tampered_line(tampered, "; not rendered"))
+    unsigned = [src for src, st in states if st == "unsigned"]
+    if unsigned:
+        log(unsigned_line(unsigned))
 
 
 def misstated_dose(record: dict) -> str | None:
