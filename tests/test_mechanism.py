@@ -151,3 +151,32 @@ def test_headline_worst_case_is_over_the_attacks_every_defense_faced(tmp_path):
     assert float(head["none"]["worst"]) == pytest.approx(0.6)  # not the 0.99 of the attack sdd never faced
     assert head["none"]["n_extra_attacks"] == "1" and "advbench-10" in head["none"]["extra_worst_text"]
     assert "common attacks: advbench-100" in (rep.out / "headline.md").read_text()
+
+
+def _trajectory(rec, harms, steps=(0, 4, 10, 20, 40)):
+    from test_leaderboards import _condition
+    rec["trajectory"] = [{"step": st, "fraction": st / steps[-1], "examples_seen": 10 * st,
+                          "source": "checkpoint", "metrics": _condition(h, 0.1, 0.5, None, None)}
+                         for st, h in zip(steps, harms)]
+    rec["trajectory"][-1]["metrics"] = rec["metrics"]["attacked"]
+    return rec
+
+
+def test_resistance_from_the_attack_trajectory(tmp_path):
+    from sdd_bench.leaderboards import aggregate as A
+    assert A._crossing([(0, 0.0), (4, 0.4), (10, 0.8)], 0.5) == pytest.approx(4 + 0.1 / 0.4 * 6)
+    assert A._crossing([(0, 0.0), (4, 0.4)], 0.5) is None
+    assert A._area([(0, 1.0), (40, 1.0)]) == 1.0 and A._area([(0, 0.0), (20, 0.0), (40, 1.0)]) == 0.25
+    recs = [_trajectory(make_record("none", "beavertails-100", dataset="beavertails-attack", harm=0.95),
+                        [0.03, 0.8, 0.95, 0.95, 0.95]),
+            _trajectory(make_record("sdd", "beavertails-100", dataset="beavertails-attack", harm=0.95),
+                        [0.03, 0.1, 0.3, 0.9, 0.95])]
+    rep = report(tmp_path, recs)
+    with (rep.out / "resistance.csv").open() as f:
+        rows = {r["defense"]: r for r in csv.DictReader(f)}
+    assert float(rows["none"]["break_step"]) < 4 < 10 < float(rows["sdd"]["break_step"]) < 20
+    assert float(rows["sdd"]["auc"]) < float(rows["none"]["auc"])
+    assert float(rows["none"]["break_examples"]) == pytest.approx(10 * float(rows["none"]["break_step"]))
+    with (rep.out / "headline.csv").open() as f:
+        head = {r["defense"]: r for r in csv.DictReader(f)}
+    assert "50% harm at step" in head["sdd"]["resistance"] and "AUC" in head["sdd"]["resistance"]
