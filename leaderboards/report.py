@@ -408,10 +408,12 @@ def behaviour_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
     return rows, "\n".join(lines) + "\n", html_rows
 
 
-def _worst_cap(res: A.Results, cells: list[A.Setting], q: str) -> A.Summary | None:
-    got = [res.get(s, q) for s in cells]
-    got = [x for x in got if x is not None]
-    return min(got, key=lambda x: x.mean) if got else None
+def _lowest_capability(res: A.Results, cells: list[A.Setting]) -> A.Setting | None:
+    """The one attacked cell whose mean capability is lowest: Table 2's +BFT / +MFT column shows that attack for every
+    task (a per-task minimum would mix models: issue 37)."""
+    got = [(res.get(s, "capability_mean"), s) for s in cells]
+    got = [(x, s) for x, s in got if x is not None]
+    return min(got, key=lambda xs: (xs[0].mean, xs[1].sort_key()))[1] if got else None
 
 
 def table2_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
@@ -419,7 +421,8 @@ def table2_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
     lines = ["# Table 2: capability, Vanilla / +defense / +BFT / +MFT (paper shape)", "",
              "Accuracy (%) per lm-eval task and the mean over tasks; Δ: relative change vs Vanilla (the undefended "
              "model before any attack), in %; no Δ where Vanilla is 0 (a relative change is undefined). +BFT / +MFT: the defended model after benign / malicious fine-tuning "
-             f"(the attack of that kind with the lowest accuracy). '{DASH}': not measured.", ""]
+             f"by one attack, named in the column: the attack of that kind whose mean capability is lowest; every "
+             f"task row of a column comes from that one attacked model. '{DASH}': not measured.", ""]
     rows, html_rows = [], []
     quantities = [(f"capability:{t}", t) for t in res.capability_tasks] + [("capability_mean", "mean")]
     for (model, profile), defended in _by_backbone(res.defended).items():
@@ -430,18 +433,21 @@ def table2_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
                 continue
             mine = [s for s in res.attacked if s.defended == d]
             block_html: list[dict] = []
-            cols = [("Vanilla", lambda q: res.get(vanilla, q) if vanilla else None),
-                    (f"+{d.defense_label}", lambda q: res.get(d, q)),
-                    ("+BFT", lambda q: _worst_cap(res, [s for s in mine if s.attack_kind == "bft"], q)),
-                    ("+MFT", lambda q: _worst_cap(res, [s for s in mine if s.attack_kind == "mft"], q))]
+            bft = _lowest_capability(res, [s for s in mine if s.attack_kind == "bft"])
+            mft = _lowest_capability(res, [s for s in mine if s.attack_kind == "mft"])
+            cols = [("Vanilla", lambda q: res.get(vanilla, q) if vanilla else None, None),
+                    (f"+{d.defense_label}", lambda q: res.get(d, q), None),
+                    ("+BFT", lambda q: res.get(bft, q) if bft else None, bft),
+                    ("+MFT", lambda q: res.get(mft, q) if mft else None, mft)]
             body, sizes = [], set()
             for q, label in quantities:
                 base = cols[0][1](q)
                 out = [label]
                 shown = dict(model=short_model(model), profile=profile, defense=d.defense_label, task=label)
-                for name, get in cols:
+                for name, get, cell in cols:
                     x = get(q)
                     row = dict(model=model, profile=profile, defense=d.defense_label, task=label, column=name,
+                               attack=cell.attack_label if cell is not None else "",
                                value_pct=None if x is None else 100 * x.mean,
                                ci_lo_pct=None if x is None or x.ci_lo is None else 100 * x.ci_lo,
                                ci_hi_pct=None if x is None or x.ci_hi is None else 100 * x.ci_hi,
@@ -459,7 +465,8 @@ def table2_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
                 html_rows += block_html
                 lines += [f"## {d.defense_label} — {short_model(model)} ({profile} profile)", "",
                           _sizes_line(sizes, "items (questions)"), ""]
-                lines += _md_table(["task"] + [c[0] for c in cols], body) + [""]
+                lines += _md_table(["task"] + [c[0] + (f" ({c[2].attack_label})" if c[2] is not None else "")
+                                               for c in cols], body) + [""]
     if not rows:
         lines.append("No capability measurements in these records (run cells with the capability stage on).")
     return rows, "\n".join(lines) + "\n", html_rows

@@ -180,3 +180,22 @@ def test_resistance_from_the_attack_trajectory(tmp_path):
     with (rep.out / "headline.csv").open() as f:
         head = {r["defense"]: r for r in csv.DictReader(f)}
     assert "50% harm at step" in head["sdd"]["resistance"] and "AUC" in head["sdd"]["resistance"]
+
+
+def test_table2_mft_column_is_one_attack_for_every_task(tmp_path):
+    """Issue 37: each +MFT cell came from a different attack (a per-task minimum); the column now names one attack."""
+    def caps(rec, arc, piqa):
+        rec["metrics"]["attacked"]["capability"]["tasks"]["arc_easy"].update(value=arc, acc=arc)
+        rec["metrics"]["attacked"]["capability"]["tasks"]["piqa"].update(value=piqa, acc_norm=piqa)
+        return rec
+    recs = [make_record("none", "none", cap0=0.8),
+            caps(make_record("sdd", "advbench-10", n=10, cap0=0.8), 0.30, 0.90),   # mean 0.60: lowest
+            caps(make_record("sdd", "advbench-100", cap0=0.8), 0.50, 0.75)]       # mean 0.625, but lower PIQA
+    rep = report(tmp_path, recs)
+    with (rep.out / "table2_paper.csv").open() as f:
+        mft = [r for r in csv.DictReader(f) if r["defense"] == "sdd" and r["column"] == "+MFT"]
+    assert {r["attack"] for r in mft} == {"advbench-10"}  # one attack for every task row
+    by_task = {r["task"]: float(r["value_pct"]) for r in mft}
+    assert by_task["arc_easy"] == pytest.approx(30.0) and by_task["piqa"] == pytest.approx(90.0)
+    assert by_task["mean"] == pytest.approx(60.0)  # the mean row is the mean of the rows above it
+    assert "+MFT (advbench-10)" in (rep.out / "table2_paper.md").read_text()
