@@ -22,6 +22,8 @@ from .errors import ConfigError, SddBenchError
 
 EVAL_SEED = 1234  # fixed: every cell of every seed is evaluated on the same prompts
 BASE_JUDGES = ("keyword", "relevance", "coherence")
+# run on the harmful prompts of every cell, besides the harm judges: SDD-reject's explicit rejection (Figure 3)
+HARMFUL_ONLY_JUDGES = ("reject-sentence",)
 # which way is safer/better depends on the prompt set, not only on the judge
 DIRECTIONS = {("harmful", "relevance"): "neutral (SDD aims low; a helpful answer is high)",
               ("benign", "refusal_rate"): "lower-better", ("xstest", "refusal_rate"): "lower-better",
@@ -384,7 +386,8 @@ def evaluate(store, ref, r: Resolved, sets, log, progress=True) -> tuple[dict, d
         m: dict[str, Any] = {"n": len(gens), "dataset": ds,
                              "finish_length_rate": sum(g["finish_reason"] == "length" for g in gens) / max(1, len(gens)),
                              "mean_completion_tokens": sum(g["completion_tokens"] for g in gens) / max(1, len(gens))}
-        judges = list(BASE_JUDGES) + (list(spec.judges) if name == "harmful" else [])
+        judges = list(dict.fromkeys(list(BASE_JUDGES) + (list(spec.judges) + list(HARMFUL_ONLY_JUDGES)
+                                                          if name == "harmful" else [])))
         by_judge: dict[str, list[dict]] = {}
         for jn in judges:
             j = make_judge(jn, spec.judge_options.get(jn), store=store, device="cpu")

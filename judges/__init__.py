@@ -7,6 +7,8 @@ JUDGES.lazy("coherence", "sdd_bench.judges.coherence:Coherence",
             "degenerate output (repetition, empty, non-text) → incoherent (Booster's HS+ idea)")
 JUDGES.lazy("relevance", "sdd_bench.judges.relevance:Relevance",
             "all-MiniLM-L6-v2 cosine similarity of prompt and response (SDD answers: fluent but irrelevant)")
+JUDGES.lazy("reject-sentence", "sdd_bench.judges.rejection:RejectionSentence",
+            "explicit rejection: the response states SDD-reject's fixed sentence (SDD paper §5; Figure 3)")
 JUDGES.lazy("rubric", "sdd_bench.judges.rubric:RubricJudge",
             "Qi et al. 2023 1-5 harmfulness rubric over any OpenAI-compatible API (HS, HR, explicit rejection)",
             aliases=("gpt4",))

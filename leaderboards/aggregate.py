@@ -400,10 +400,18 @@ def available_harm_metrics(records: list[dict]) -> list[str]:
                             if ":" not in alias and any(_has(r, ms[0]) for r in records)]
 
 
+SENTENCE_REJECTION = Metric("reject-sentence:explicit_rejection_rate", "explicit-rejection rate (SDD-reject's sentence)",
+                            "higher-safer", True)
+
+
 def rejection_metric(records: list[dict]) -> Metric:
-    """Explicit rejection (SDD-reject): the rubric's explicit-rejection rate where every record has it,
-    else the keyword refusal rate."""
-    return EXPLICIT_REJECTION if records and all(_has(r, EXPLICIT_REJECTION) for r in records) else REFUSAL
+    """Explicit rejection (SDD-reject, Figure 3): the rubric's explicit-rejection rate where every record has it, else
+    the rate of SDD-reject's own sentence (judge ``reject-sentence``; the keyword judge never matches that sentence by
+    design, issue 37) where every record has it, else the keyword refusal rate."""
+    for m in (EXPLICIT_REJECTION, SENTENCE_REJECTION):
+        if records and all(_has(r, m) for r in records):
+            return m
+    return REFUSAL
 
 
 # ------------------------------------------------------------------------------------------

@@ -109,6 +109,8 @@ def test_tiny_attack_record_states_the_trainers_dose(session_store):
     assert info["steps"] == 5 and info["examples_seen"] == 50 and info["epochs_run"] == 5.0
     assert info["recipe_steps"] == 5 and info["step_cap"] == 8
     assert misstated_dose(rec) is None
+    # every cell also measures SDD-reject's explicit rejection on the harmful prompts (Figure 3; issue 37)
+    assert "reject-sentence:explicit_rejection_rate" in rec["metrics"]["attacked"]["harmful"]
     broken = copy.deepcopy(rec)
     broken["attack_info"]["steps"] = 8
     assert misstated_dose(broken) is not None
