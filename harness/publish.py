@@ -21,7 +21,13 @@ never prompt or generation text:
   ``"<omitted: N chars, sha256 …>"`` and listed in ``published.omitted`` — a record field that long is
   not a label, number or path, and might be text from a prompt or a generation.  Strings under keys
   in :data:`SAFE_KEYS` (filesystem paths, hashes, versions) are kept up to :data:`MAX_SAFE` characters.
+- Every string (and key) that is an absolute local path is rewritten by ``provenance.portable_path``
+  (``<workdir>/attack/<key>/model``, ``<repo>/…``, ``<home>/…``, ``<tmp>/…``, ``<local>/…``): a published record
+  names no machine's directories (:func:`absolute_paths` is the check).
 - A ``published`` block is added: ``{"record": "record/<key>", "omitted": [...], "schema": 1, "digest": "sha256:…"}``.
+
+A record made from uncommitted code (``environment.git`` ending in ``-dirty``, or missing) is refused in one line
+(:func:`dirty_line`) unless ``--allow-dirty``, which publishes it with ``published.forced_dirty: true``.
 
 ``published.digest`` is the sha256 of the record's canonical JSON (sorted keys, no whitespace) without the digest
 itself: its numbers, cell, configs, provenance and the rest of the ``published`` block.  A committed file is the
@@ -31,7 +37,9 @@ record whose content no longer matches its digest, ``sdd-bench publish`` (and ``
 overwrite one, and ``grid --publish`` does not count one as a finished cell — each in one line naming the file and
 how to restore it.  Records published before digests existed have none ("unsigned"): they are read as they are,
 with one line saying how many there are, and ``sdd-bench publish --stamp DIR`` (:func:`stamp`) signs them once,
-explicitly, as they are now.  Published files are strict JSON, written and read: a ``NaN`` or ``Infinity``
+explicitly, as they are now; ``--stamp DIR --resign-sanitized`` also rewrites the absolute paths of records
+published before paths were made portable, and signs them anew (once, explicitly; never an edited record).
+Published files are strict JSON, written and read: a ``NaN`` or ``Infinity``
 literal (which the store never writes: a missing number is ``null``) is one error naming the file
 (:func:`loads_strict`).
 
@@ -532,7 +540,9 @@ def register_cli(sub, add_common) -> dict:
                                    "template's source is replaced by its hash, any other string over "
                                    f"{MAX_TEXT} characters by a hash label) and signed (published.digest, a sha256 of "
                                    "the record's content: report, publish and grid --publish refuse a record edited "
-                                   "after publishing). Idempotent. See docs/grids.md.")
+                                   "after publishing); absolute local paths become <workdir>/..., <home>/...; a record "
+                                   "made from uncommitted code is refused unless --allow-dirty. Idempotent. "
+                                   "See docs/grids.md.")
     p.add_argument("grids", nargs="*", metavar="GRID",
                    help="grid YAML files: publish their finished cells (default: every finished record of the work dir)")
     p.add_argument("--to", default=DEFAULT_ROOT, metavar="ROOT",
