@@ -698,6 +698,9 @@ def register_cli(sub, add_common) -> dict:
                    help="publish each cell's record as it finishes into ROOT/<profile>/ (default ROOT: results, "
                         "relative to the current directory; see `sdd-bench publish`); a cell whose record is already "
                         "published there (same configs, same base model build) counts as finished and is not run")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="with --publish: publish records made from uncommitted code too (environment.git ending in "
+                        "-dirty, or missing), marked published.forced_dirty (default: refused; see `sdd-bench publish`)")
     add_common(p)
     return {"grid": cli_grid}
 
@@ -762,12 +765,20 @@ def cli_grid(args) -> int:
     print(pl.table())
     if args.plan:
         return 0
+    if args.publish and not args.allow_dirty:
+        from .provenance import from_commit, git_hash
+        git = git_hash()
+        if not from_commit(git):  # every record this run builds would be refused: say so before hours of training
+            print(f"grid: the code has uncommitted changes ({git or 'no git checkout'}): the records of the cells run "
+                  f"now will not be published (`--publish` refuses them); commit first, or pass --allow-dirty",
+                  file=sys.stderr)
     publish_failed: list[str] = []
 
     def publish(res: CellResult) -> None:
         from .publish import publish_record
         try:
-            p = publish_record(res.record, res.record_ref, args.publish, store_root=store.root)
+            p = publish_record(res.record, res.record_ref, args.publish, store_root=store.root,
+                               allow_dirty=args.allow_dirty)
         except (SddBenchError, OSError) as err:
             publish_failed.append(f"{label(res.spec)}: {err}")
             print(f"  publish FAILED: {err}", file=sys.stderr)

@@ -574,20 +574,43 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
     }
     record["environment"].pop("torch_threads", None)
 
-    from .store import dumps_strict
+    from .store import dumps_strict, stage_key
 
     def fn(tmp: Path):
+        # provenance (issue 42): content, never part of the key below; computed once, when the record is built
+        record["provenance"] = record_provenance(store, defended, attacked)
         (tmp / "record.json").write_text(dumps_strict(record, indent=1, sort_keys=True))
 
     rspec = {"record_of": arts, "spec": C.to_dict(spec), "schema": 1}
+    rinputs = sorted(str(v) for v in arts.values() if v)
     # a judge artifact re-published after retries makes the cached record stale: rebuild it
     stale = bool(store.replaced & {str(v) for v in arts.values() if v})
-    rart, hit = store.run("record", rspec, sorted(str(v) for v in arts.values() if v), fn, replace=stale)
+    # a record assembled from uncommitted code is re-assembled (from the cached stages) when the cell is re-run from
+    # committed code, so that `sdd-bench publish`'s fix for such a record ("commit, re-run the cell") works
+    old = None if stale else store.get("record", stage_key("record", rspec, rinputs))
+    if old is not None and provenance.from_commit(record["environment"].get("git")):
+        try:
+            stale = not provenance.from_commit(json.loads((old.path / "record.json").read_text())
+                                               .get("environment", {}).get("git"))
+        except (OSError, ValueError, AttributeError):
+            pass
+    rart, hit = store.run("record", rspec, rinputs, fn, replace=stale)
     _point_cell(store, r, rart)
     timings["total"] = time.time() - t_all
     saved = json.loads((rart.path / "record.json").read_text())
     saved["_wall_seconds_this_invocation"] = timings
     return saved, rart
+
+
+def record_provenance(store, defended, attacked) -> dict:
+    """A record's ``provenance`` block: when it was built (``created_utc``, ISO 8601) and which weights it
+    evaluated, the defended and (with an attack) the attacked model, each the sha256 of its saved weight files
+    (harness.provenance.weights: the files are named, relative to the work dir)."""
+    from . import provenance
+    w = {"defended": provenance.weights(defended, store.root)}
+    if attacked is not None:
+        w["attacked"] = provenance.weights(attacked, store.root)
+    return {"created_utc": provenance.created_utc(), "weights": w}
 
 
 def _trajectory(store, art, ainfo: dict, r: Resolved, sets, log, progress: bool, arts: dict, metrics: dict) -> list:
@@ -712,7 +735,7 @@ def finished_record(store, r: Resolved) -> tuple[dict, Any] | None:
     return record, rec
 
 
-TIMING_KEYS = ("seconds", "seconds_per_step", "timings_compute_s", "_wall_seconds_this_invocation", "train_runtime",
+TIMING_KEYS = ("created_utc", "seconds", "seconds_per_step", "timings_compute_s", "_wall_seconds_this_invocation", "train_runtime",
                "train_samples_per_second", "train_steps_per_second", "tokens_per_s", "elapsed_s", "finished")
 
 

@@ -21,7 +21,13 @@ never prompt or generation text:
   ``"<omitted: N chars, sha256 …>"`` and listed in ``published.omitted`` — a record field that long is
   not a label, number or path, and might be text from a prompt or a generation.  Strings under keys
   in :data:`SAFE_KEYS` (filesystem paths, hashes, versions) are kept up to :data:`MAX_SAFE` characters.
+- Every string (and key) that is an absolute local path is rewritten by ``provenance.portable_path``
+  (``<workdir>/attack/<key>/model``, ``<repo>/…``, ``<home>/…``, ``<tmp>/…``, ``<local>/…``): a published record
+  names no machine's directories (:func:`absolute_paths` is the check).
 - A ``published`` block is added: ``{"record": "record/<key>", "omitted": [...], "schema": 1, "digest": "sha256:…"}``.
+
+A record made from uncommitted code (``environment.git`` ending in ``-dirty``, or missing) is refused in one line
+(:func:`dirty_line`) unless ``--allow-dirty``, which publishes it with ``published.forced_dirty: true``.
 
 ``published.digest`` is the sha256 of the record's canonical JSON (sorted keys, no whitespace) without the digest
 itself: its numbers, cell, configs, provenance and the rest of the ``published`` block.  A committed file is the
@@ -31,7 +37,9 @@ record whose content no longer matches its digest, ``sdd-bench publish`` (and ``
 overwrite one, and ``grid --publish`` does not count one as a finished cell — each in one line naming the file and
 how to restore it.  Records published before digests existed have none ("unsigned"): they are read as they are,
 with one line saying how many there are, and ``sdd-bench publish --stamp DIR`` (:func:`stamp`) signs them once,
-explicitly, as they are now.  Published files are strict JSON, written and read: a ``NaN`` or ``Infinity``
+explicitly, as they are now; ``--stamp DIR --resign-sanitized`` also rewrites the absolute paths of records
+published before paths were made portable, and signs them anew (once, explicitly; never an edited record).
+Published files are strict JSON, written and read: a ``NaN`` or ``Infinity``
 literal (which the store never writes: a missing number is ``null``) is one error naming the file
 (:func:`loads_strict`).
 
@@ -46,7 +54,7 @@ import json
 import os
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -60,6 +68,7 @@ SAFE_KEYS = frozenset({"path", "model_path", "cwd", "workdir", "python", "platfo
 SCHEMA = 1
 DIGEST_KEY = "digest"  # published.digest: "sha256:<hex>" of the record without this field
 STAMP_HINT = "sdd-bench publish --stamp"
+ALLOW_DIRTY = "--allow-dirty"
 
 
 class PublishError(SddBenchError):
@@ -174,7 +183,7 @@ def long_strings(obj: Any, path: str = "") -> list[tuple[str, int]]:
     return out
 
 
-def sanitize(record: dict, record_ref: str | None) -> dict:
+def sanitize(record: dict, record_ref: str | None, workdir: str | Path | None = None) -> dict:
     """The publishable copy of a record (see the module docstring); the input is not modified."""
     if not (isinstance(record, dict) and isinstance(record.get("cell"), dict) and isinstance(record.get("metrics"), dict)):
         raise PublishError("not a run record (a record has 'cell' and 'metrics' keys).")
@@ -205,10 +214,48 @@ def sanitize(record: dict, record_ref: str | None) -> dict:
         return x
 
     from .store import dumps_strict
-    rec = walk(json.loads(dumps_strict(rec)), "", MAX_TEXT)  # NaN/inf become null, as in the store: strict JSON
+    rec = json.loads(dumps_strict(rec))  # NaN/inf become null, as in the store: strict JSON
+    rec = walk(portable_paths(rec, workdir), "", MAX_TEXT)
     rec["published"] = {"record": record_ref, "omitted": omitted, "schema": SCHEMA}
     assert not long_strings(rec), long_strings(rec)
+    assert not absolute_paths(rec), absolute_paths(rec)
     return rec
+
+
+def is_absolute_path(s: Any) -> bool:
+    """A string a published record must not hold: an absolute local path (``/…``; it names a machine's directories,
+    often a user's home)."""
+    return isinstance(s, str) and s.startswith("/")
+
+
+def portable_paths(obj: Any, workdir: str | Path | None = None) -> Any:
+    """``obj`` with every string that is an absolute local path (dict keys too) rewritten by
+    :func:`harness.provenance.portable_path`: ``<workdir>/attack/<key>/model``, ``<repo>/…``, ``<home>/…``."""
+    from .provenance import portable_path
+    if isinstance(obj, str):
+        return portable_path(obj, workdir) if is_absolute_path(obj) else obj
+    if isinstance(obj, dict):
+        return {portable_paths(k, workdir): portable_paths(v, workdir) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable_paths(v, workdir) for v in obj]
+    return obj
+
+
+def absolute_paths(obj: Any, path: str = "") -> list[tuple[str, str]]:
+    """(JSON path, string) of every absolute local path in ``obj`` (dict keys too): what ``tests/test_publish.py``
+    checks no file under ``results/`` holds."""
+    out: list[tuple[str, str]] = []
+    if is_absolute_path(obj):
+        out.append((path or "$", obj))
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            if is_absolute_path(k):
+                out.append((f"{path}.<key>", str(k)))
+            out += absolute_paths(v, f"{path}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            out += absolute_paths(v, f"{path}[{i}]")
+    return out
 
 
 def record_key(record: dict, record_ref: str | None) -> str:
@@ -252,6 +299,7 @@ class Published:
     path: Path
     changed: bool
     omitted: list[str]
+    forced_dirty: bool = False  # made from uncommitted code, published with --allow-dirty
 
 
 def backfill_usable_harm(record: dict, store_root: str | Path | None) -> dict:
@@ -274,16 +322,46 @@ def backfill_usable_harm(record: dict, store_root: str | Path | None) -> dict:
     return out or record
 
 
+def record_git(record: Any) -> Any:
+    env = record.get("environment") if isinstance(record, dict) else None
+    return env.get("git") if isinstance(env, dict) else None
+
+
+def cell_label(record: dict) -> str:
+    c = record.get("cell") if isinstance(record.get("cell"), dict) else {}
+    return f"{c.get('defense')} × {c.get('attack')} seed {c.get('seed')} on {c.get('model')}"
+
+
+def dirty_line(record: dict, record_ref: str | None) -> str:
+    """The one line refusing to publish a record made from uncommitted code (or from no git checkout)."""
+    git = record_git(record)
+    why = (f"was made from uncommitted code (environment.git {git})" if isinstance(git, str) and git
+           else "does not say which commit made it (no environment.git: not run from a git checkout)")
+    return (f"{record_ref or 'record'} ({cell_label(record)}) {why}, so nobody can reproduce it from a commit; "
+            f"commit the change and re-run the cell from the clean checkout (its cached stages are reused and the "
+            f"record is re-assembled), or publish it anyway with {ALLOW_DIRTY} (marked published.forced_dirty)")
+
+
 def publish_record(record: dict, record_ref: str | None, root: str | Path = DEFAULT_ROOT,
-                   store_root: str | Path | None = None) -> Published:
+                   store_root: str | Path | None = None, allow_dirty: bool = False) -> Published:
     """Write one sanitized, signed record to ``root/<profile>/<key>.json`` (atomic; unchanged bytes are not
     rewritten; a file there that was edited by hand is not overwritten: :class:`PublishError`).  With
-    ``store_root`` (the work dir the record came from) a missing usable-harm block is filled in first."""
+    ``store_root`` (the work dir the record came from) a missing usable-harm block is filled in first, and paths
+    below it become ``<workdir>/…``.  A record made from uncommitted code (``environment.git`` ending in ``-dirty``,
+    or missing) is refused (:class:`PublishError`, :func:`dirty_line`) unless ``allow_dirty``, which marks it
+    ``published.forced_dirty: true``."""
+    from .provenance import from_commit
+    forced = not from_commit(record_git(record))
+    if forced and not allow_dirty:
+        raise PublishError(dirty_line(record, record_ref))
     record = backfill_usable_harm(record, store_root)
     profile = str(record.get("cell", {}).get("profile") or record.get("spec", {}).get("profile") or "")
     if not profile or "/" in profile or profile.startswith("."):
         raise PublishError(f"record {record_ref or ''} has no usable profile ({profile!r}); cannot choose results/<profile>/.")
-    rec = sign(sanitize(record, record_ref))
+    rec = sanitize(record, record_ref, store_root)
+    if forced:
+        rec["published"]["forced_dirty"] = True
+    rec = sign(rec)
     text = dumps(rec)
     assert verify(loads_strict(text)) == "signed"  # the digest is of what the file holds, not of the dict
     out_dir = Path(root) / profile
@@ -292,10 +370,10 @@ def publish_record(record: dict, record_ref: str | None, root: str | Path = DEFA
     if path.is_file():
         old = path.read_text(encoding="utf-8")
         if old == text:
-            return Published(path, False, rec["published"]["omitted"])
+            return Published(path, False, rec["published"]["omitted"], forced)
         _check_overwrite(path, old)
     _write_atomic(path, text)
-    return Published(path, True, rec["published"]["omitted"])
+    return Published(path, True, rec["published"]["omitted"], forced)
 
 
 def published_cells(root: str | Path, profile: str,
@@ -373,19 +451,21 @@ def grid_records(spec_path: str | Path, workdir: str | Path) -> list[tuple[dict,
 
 def publish_many(items: Iterable[tuple[dict, str]], root: str | Path = DEFAULT_ROOT,
                  log: Callable[[str], None] = print, store_root: str | Path | None = None,
-                 refused: list[str] | None = None) -> list[Published]:
-    """Publish each record; with ``refused`` a record that cannot be published (a file edited by hand in its place)
-    adds its one line there and the others are still published, else the first such error is raised."""
+                 refused: list[str] | None = None, allow_dirty: bool = False) -> list[Published]:
+    """Publish each record; with ``refused`` a record that cannot be published (a file edited by hand in its place,
+    a record made from uncommitted code without ``allow_dirty``) adds its one line there and the others are still
+    published, else the first such error is raised."""
     out = []
     for record, ref in items:
         try:
-            p = publish_record(record, ref, root, store_root)
+            p = publish_record(record, ref, root, store_root, allow_dirty=allow_dirty)
         except PublishError as err:
             if refused is None:
                 raise
             refused.append(str(err))
             continue
         note = f" (omitted {len(p.omitted)} long field(s): {', '.join(p.omitted[:3])})" if p.omitted else ""
+        note += f" (made from uncommitted code: published with {ALLOW_DIRTY}, marked forced_dirty)" if p.forced_dirty else ""
         log(f"{'published' if p.changed else 'unchanged'} {p.path}{note}")
         out.append(p)
     return out
@@ -396,16 +476,23 @@ class Stamped:
     stamped: list[Path]
     signed: list[Path]     # already carried a matching digest
     problems: list[str]    # one line each: edited files, NaN literals, files that are not published records
+    resigned: list[Path] = field(default_factory=list)  # --resign-sanitized: absolute paths rewritten, signed anew
 
 
-def stamp(targets: Iterable[str | Path], log: Callable[[str], None] = print) -> Stamped:
+def stamp(targets: Iterable[str | Path], log: Callable[[str], None] = print,
+          resign_sanitized: bool = False) -> Stamped:
     """Sign the unsigned published records in ``targets`` (directories such as ``results/smoke`` or ``results``:
     every ``*.json`` below them; or files): the one-time, explicit path for records published before digests
     existed.  A stamp vouches for the content as it is now, so run it on files you trust (a clean checkout of
     committed results).  Idempotent: a signed record is left alone (its bytes unchanged); a record whose digest
     does not match is reported, never re-signed (that would bless the edit); a file that is not a published record
     or holds a ``NaN`` literal is reported and left alone.  The file is rewritten in the publish format with only
-    ``published.digest`` added."""
+    ``published.digest`` added.
+
+    ``resign_sanitized`` (``--resign-sanitized``, once, for records published before publish rewrote absolute
+    paths): a record whose digest matches (or that has none) and that holds absolute local paths gets them
+    rewritten as publish now writes them (:func:`portable_paths`: ``<workdir>/attack/<key>/model``) and is signed
+    anew; nothing else in it changes.  An edited record is still never signed."""
     out = Stamped([], [], [])
     files: list[Path] = []
     for t in targets:
@@ -430,6 +517,11 @@ def stamp(targets: Iterable[str | Path], log: Callable[[str], None] = print) -> 
             out.problems.append(f"{f}: not a published record (no 'published' block); not stamped")
         elif state == "tampered":
             out.problems.append(tampered_line([f], ", so it is not stamped"))
+        elif resign_sanitized and absolute_paths(rec):
+            n = len(absolute_paths(rec))
+            _write_atomic(f, dumps(sign(portable_paths(rec))))
+            out.resigned.append(f)
+            log(f"re-signed {f} ({n} absolute path(s) made portable)")
         elif state == "signed":
             out.signed.append(f)
         else:
@@ -448,7 +540,9 @@ def register_cli(sub, add_common) -> dict:
                                    "template's source is replaced by its hash, any other string over "
                                    f"{MAX_TEXT} characters by a hash label) and signed (published.digest, a sha256 of "
                                    "the record's content: report, publish and grid --publish refuse a record edited "
-                                   "after publishing). Idempotent. See docs/grids.md.")
+                                   "after publishing); absolute local paths become <workdir>/..., <home>/...; a record "
+                                   "made from uncommitted code is refused unless --allow-dirty. Idempotent. "
+                                   "See docs/grids.md.")
     p.add_argument("grids", nargs="*", metavar="GRID",
                    help="grid YAML files: publish their finished cells (default: every finished record of the work dir)")
     p.add_argument("--to", default=DEFAULT_ROOT, metavar="ROOT",
@@ -458,6 +552,14 @@ def register_cli(sub, add_common) -> dict:
                    help="instead of publishing: add the digest to the published records in DIR (e.g. results/smoke) "
                         "that have none (published before digests existed); signs them as they are now, so run it on "
                         "a clean checkout; idempotent; reports records edited after publishing instead of signing them")
+    p.add_argument("--resign-sanitized", action="store_true",
+                   help="with --stamp: also rewrite the absolute local paths that records published before "
+                        "2026-12-07 hold (e.g. a capability model path in the work dir) as publish writes them now "
+                        "(<workdir>/attack/<key>/model) and sign those records anew; nothing else changes; a record "
+                        "edited after publishing is still reported, never signed (one-time, see docs/grids.md)")
+    p.add_argument(ALLOW_DIRTY, action="store_true",
+                   help="publish records made from uncommitted code (environment.git ending in -dirty, or missing) "
+                        "too, marked published.forced_dirty: true (default: refused, one line each)")
     add_common(p)
     return {"publish": cli_publish}
 
@@ -467,12 +569,18 @@ def cli_publish(args) -> int:
         if args.grids:
             raise PublishError("--stamp signs published records already in the repository; it takes no GRID "
                                f"(got {', '.join(args.grids)}).")
-        res = stamp(args.stamp, log=(lambda *_: None) if args.quiet else print)
+        res = stamp(args.stamp, log=(lambda *_: None) if args.quiet else print,
+                    resign_sanitized=args.resign_sanitized)
         for line in res.problems:
             print(f"stamp: {line}", file=sys.stderr)
-        print(f"stamp: {len(res.stamped) + len(res.signed) + len(res.problems)} file(s) in {' '.join(args.stamp)}: "
-              f"{len(res.stamped)} stamped, {len(res.signed)} already signed, {len(res.problems)} not stamped")
+        n = len(res.stamped) + len(res.signed) + len(res.resigned) + len(res.problems)
+        print(f"stamp: {n} file(s) in {' '.join(args.stamp)}: {len(res.stamped)} stamped, {len(res.signed)} already "
+              f"signed, " + (f"{len(res.resigned)} re-signed with portable paths, " if args.resign_sanitized else "")
+              + f"{len(res.problems)} not stamped")
         return 1 if res.problems else 0
+    if args.resign_sanitized:
+        raise PublishError("--resign-sanitized re-signs published records already in the repository; use it with "
+                           "--stamp DIR.")
     items: list[tuple[dict, str]] = []
     if args.grids:
         for g in args.grids:
@@ -484,7 +592,7 @@ def cli_publish(args) -> int:
         return 0
     refused: list[str] = []
     res = publish_many(items, args.to, log=(lambda *_: None) if args.quiet else print, store_root=args.workdir,
-                       refused=refused)
+                       refused=refused, allow_dirty=args.allow_dirty)
     for line in refused:
         print(f"publish: REFUSED {line}", file=sys.stderr)
     print(f"publish: {len(res) + len(refused)} record(s) -> {args.to}/ ({sum(p.changed for p in res)} written, "

@@ -657,6 +657,30 @@ def headline_md(rows: list[dict], th: A.Thresholds) -> str:
 
 # ------------------------------------------------------------------------------------------
 # the report
+def provenance_lines(loaded) -> list[str]:
+    """One line per record made from uncommitted code (``environment.git`` ending in ``-dirty``, or missing): its
+    numbers are shown like the others, and the report says which ones nobody can reproduce from a commit."""
+    from sdd_bench.harness.provenance import from_commit
+    out = []
+    for x in loaded:
+        git = (x.record.get("environment") or {}).get("git")
+        if from_commit(git):
+            continue
+        c = x.record.get("cell") or {}
+        forced = bool((x.record.get("published") or {}).get("forced_dirty"))
+        out.append(f"provenance: {x.source} ({c.get('defense')} × {c.get('attack')} seed {c.get('seed')}) was made from "
+                   + (f"uncommitted code (environment.git {git})" if git else "code of no known commit (no environment.git)")
+                   + ("; published with --allow-dirty" if forced else ""))
+    return out
+
+
+def provenance_summary(n_uncommitted: int, n: int) -> str:
+    if not n_uncommitted:
+        return f"provenance: all {n} records were made from committed code (environment.git)"
+    return (f"provenance: {n_uncommitted} of {n} records were made from uncommitted code (environment.git -dirty or "
+            f"missing), named in report.log; their numbers cannot be reproduced from a commit")
+
+
 def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = None, harm_metric: str | None = None,
                  capability_bound: float | None = None, harm_threshold: float = DEFAULT_HARM_THRESHOLD,
                  capability_relative: float = A.CAPABILITY_RELATIVE,
@@ -683,6 +707,9 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
         raise ReportError(f"every record in {', '.join(inputs)} was withdrawn (see the lines above); re-run the cells.")
     loaded = deduplicate(loaded, A.replicate_key, log=log)
     records = [x.record for x in loaded]
+    uncommitted = provenance_lines(loaded)
+    for line in uncommitted:
+        log(line)
     harm = A.choose_harm_metric(records, harm_metric)
     rejection = A.rejection_metric(records)
     log(f"harmfulness metric: {harm.reason}")
@@ -772,6 +799,7 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
                f"harmfulness metric: {harm.reason}", f"explicit rejection (fig3): {rejection.label}",
                f"capability bound: {th.describe()}; harm threshold "
                f"{harm_threshold:g} (a break: the harm rate's 95% CI above it)",
+               provenance_summary(len(uncommitted), len(records)),
                "CIs: Wilson per seed; for several seeds, Wilson on the prompts every seed shares at the bootstrap "
                "quantiles of the seeds' mean (agreeing seeds: one seed's interval), clipped to each metric's range"]
     (out_dir / "report.log").write_text("\n".join(log_lines) + "\n")

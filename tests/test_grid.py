@@ -325,7 +325,8 @@ def test_deadline_skips_cells_that_cannot_finish_and_publish_keeps_the_finished(
                             "capability: false\n")
     monkeypatch.setitem(G.DEFAULT_ESTIMATE_S, "tiny", {"model": 0, "defend": 0, "attack": 10_000, "evaluate": 0})
     work, root = tmp_path / "runs", tmp_path / "results"
-    cmd = ["grid", str(spec), "--workdir", str(work), "--quiet", "--publish", str(root)]
+    # --allow-dirty: the records name this checkout's commit, which has uncommitted changes while one develops
+    cmd = ["grid", str(spec), "--workdir", str(work), "--quiet", "--publish", str(root), "--allow-dirty"]
     assert main(cmd + ["--max-minutes", "60"]) == 0                 # exits cleanly
     out = capsys.readouterr().out
     assert "1/2 cells finished" in out and "deadline: 1 cell(s) not started" in out
@@ -346,7 +347,8 @@ def test_deadline_skips_cells_that_cannot_finish_and_publish_keeps_the_finished(
         # a real record: only the template's text had to go; nothing else was long enough to be hashed away
         assert rec["published"]["omitted"] == [] and set(rec["template"]) == {"name", "sha256", "example_sha256"}
     # `sdd-bench publish GRID` writes the same files, byte for byte
-    assert main(["publish", str(spec), "--workdir", str(work), "--to", str(tmp_path / "again"), "--quiet"]) == 0
+    assert main(["publish", str(spec), "--workdir", str(work), "--to", str(tmp_path / "again"), "--quiet",
+                 "--allow-dirty"]) == 0
     again = sorted((tmp_path / "again" / "tiny").iterdir())
     assert [f.name for f in again] == [f.name for f in files]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(again, files))
@@ -361,7 +363,7 @@ def test_a_grid_on_an_empty_work_dir_skips_the_cells_already_published(tmp_path,
     from sdd_bench.harness.pipeline import cell_key, record_cell_key, resolve
     spec = _write(tmp_path, "name: pub\nprofile: tiny\ndefenses: [none]\nattacks: [none]\ncapability: false\n")
     root = tmp_path / "results"
-    cmd = ["grid", str(spec), "--quiet", "--publish", str(root)]
+    cmd = ["grid", str(spec), "--quiet", "--publish", str(root), "--allow-dirty"]  # a checkout being edited
     assert main(cmd + ["--workdir", str(tmp_path / "a")]) == 0
     capsys.readouterr()
     (f,) = (root / "tiny").iterdir()

@@ -43,7 +43,7 @@ def test_sanitize_keeps_numbers_and_drops_text():
     assert pub["template"]["sha256"] == "0123456789abcdef" and len(pub["template"]["example_sha256"]) == 16
     assert pub["defense_info"]["steps"] == 40 and pub["defense_info"]["sample_answer"].startswith("<omitted: 540 chars")
     assert "Sure, here" not in json.dumps(pub)
-    assert pub["artifacts"]["model_path"] == rec["artifacts"]["model_path"]
+    assert pub["artifacts"]["model_path"] == "<local>" + rec["artifacts"]["model_path"]  # a path: kept, not absolute
     assert pub["metrics"] == rec["metrics"] and pub["cell"] == rec["cell"]
     assert pub["published"] == {"record": "record/k1", "omitted": [".defense_info.sample_answer"], "schema": 1}
     assert "_wall_seconds_this_invocation" not in pub
@@ -152,6 +152,9 @@ def text_problems(repo: Path) -> list[str]:
             bad.append(f"{rel}: invalid JSON ({err})")
             continue
         bad += [f"{rel}: {path} is a {n}-char string (text, not a label)" for path, n in P.long_strings(obj)]
+        bad += [f"{rel}: {path} is an absolute local path ({s[:60]}); `sdd-bench publish` writes it portable, and "
+                f"`sdd-bench publish --stamp {rel.parent} --resign-sanitized` rewrites a record published before that"
+                for path, s in P.absolute_paths(obj)]
         if not isinstance(obj, dict) or "published" not in obj:
             bad.append(f"{rel}: not written by `sdd-bench publish` (no 'published' block)")
     return bad
@@ -187,9 +190,10 @@ def leaderboard_problems(repo: Path, scratch: Path, monkeypatch) -> list[str]:
 
 
 def test_every_published_record_holds_no_text():
-    """Every file under results/ is a sanitized record: no string longer than a short label (prompts, generations)."""
+    """Every file under results/ is a sanitized record: no string longer than a short label (prompts, generations),
+    and no absolute local path (a machine's directories, a user's home)."""
     bad = text_problems(REPO)
-    assert not bad, "published records must hold no prompt or generation text:\n" + "\n".join(bad)
+    assert not bad, "published records must hold no prompt or generation text and no absolute path:\n" + "\n".join(bad)
 
 
 def test_committed_leaderboard_matches_the_committed_records(tmp_path, monkeypatch):
@@ -229,6 +233,12 @@ def test_the_checks_fail_when_they_should(tmp_path, monkeypatch):
     (repo / "results" / "smoke" / "notes.txt").write_text("x")
     bad = text_problems(repo)
     assert any("late.json" in b and "270-char string" in b for b in bad) and any("notes.txt" in b for b in bad)
+    # an absolute path in a record (as records published before 2026-12-07 held in capability.model.path)
+    g = repo / "results" / "smoke" / "0000.json"
+    rec = json.loads(g.read_text())
+    rec["artifacts"]["model_path"] = "/home/someone/runs/model/0123"
+    g.write_text(P.dumps(rec))
+    assert any("0000.json" in b and "absolute local path (/home/someone" in b for b in text_problems(repo))
     # a leaderboard whose records are gone
     for x in (repo / "results" / "smoke").iterdir():
         x.unlink()
