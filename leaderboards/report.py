@@ -7,16 +7,16 @@ INPUTs are record JSON files, directories holding records (a work dir, or publis
 ``results/smoke``: ``sdd-bench report results/smoke --out docs/leaderboard/smoke`` renders the committed
 leaderboard), or grid YAML files.  The text outputs are deterministic: the same records under the same
 input path give byte-identical markdown, CSV, HTML and log (tests/test_publish.py checks the committed
-leaderboard against its records this way; PNG figures are compared by name only, their bytes depend on
-the matplotlib build).  The output
+leaderboard against its records this way; the figures, PNG at 200 dpi and SVG beside each, are compared by
+name only, their bytes depend on the matplotlib build).  The output
 directory gets the paper-shaped views ``headline.{csv,md}`` (worst case per defense over every
 malicious attack, plain and capability-bounded, with the verdict), ``table1_paper.{csv,md}``
 (malicious attacks: HS / HR in %, XSTest over-refusal), ``table2_paper.{csv,md}`` (capability:
-Vanilla / +defense / +BFT / +MFT with Δ %), ``finetune_accuracy.{csv,md}``, ``lr_sweep.{csv,md}``
+none (undefended) / +defense / +BFT / +MFT with Δ %), ``finetune_accuracy.{csv,md}``, ``lr_sweep.{csv,md}``
 (SEAM's attack-lr sweep: harm / capability per lr, Δ capability and SEAM's verdict), ``compute.{csv,md}``
 (the measured stage times behind the records: ``leaderboards/compute.py``); the long forms
 ``long.csv``, ``table1.{csv,md}``, ``table2.{csv,md}``, ``worst_case.{csv,md}``; the figures whose
-data is present (with ``figures.json``: one colour per defense), ``index.html`` and ``report.log``
+data is present (PNG and SVG, with ``figures.json``: one fixed colour per defense name), ``index.html`` and ``report.log``
 (what was chosen, skipped or dropped, and why).  Every interval comes from
 ``sdd_bench.harness.metrics.interval``.  docs/leaderboards.md describes every output.
 """
@@ -42,7 +42,8 @@ from sdd_bench.harness.capability import FA_FOR_DATASET
 # attacked model's harmfulness exceeds 10% while its capability stays above 30%.
 DEFAULT_CAPABILITY_BOUND = CAPABILITY_THRESHOLD
 DEFAULT_HARM_THRESHOLD = HARM_THRESHOLD
-FIGURE_FILES = tuple(F.FIGURES) + ("scatter_harm_vs_capability.png", "figures.json")
+FIGURE_FILES = tuple(F.FIGURES) + ("scatter_harm_vs_capability.png", "figures.json") + tuple(
+    f.replace(".png", ".svg") for f in tuple(F.FIGURES) + ("scatter_harm_vs_capability.png",))
 
 
 @dataclass
@@ -218,7 +219,7 @@ def _v(x: A.Summary | None, percent: bool, ci: bool = True, sizes: set | None = 
     if x is None:
         return DASH
     if not ci:
-        return f"{100 * x.mean:.1f}" if percent else f"{x.mean:.2f}"
+        return A.half_up(100 * x.mean, 1) if percent else A.half_up(x.mean, 2)
     if sizes is not None:
         sizes.add((x.n_items, x.n_seeds))
         x = A.Summary(x.mean, x.ci_lo, x.ci_hi, 1, x.seeds, x.ci_method, None)
@@ -415,10 +416,10 @@ def _worst_cap(res: A.Results, cells: list[A.Setting], q: str) -> A.Summary | No
 
 
 def table2_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
-    """Capability pivot: Vanilla / +defense / +BFT / +MFT per task and their mean; Δ vs Vanilla in %."""
-    lines = ["# Table 2: capability, Vanilla / +defense / +BFT / +MFT (paper shape)", "",
-             "Accuracy (%) per lm-eval task and the mean over tasks; Δ: relative change vs Vanilla (the undefended "
-             "model before any attack), in %; no Δ where Vanilla is 0 (a relative change is undefined). +BFT / +MFT: the defended model after benign / malicious fine-tuning "
+    """Capability pivot: none / +defense / +BFT / +MFT per task and their mean; Δ vs none in %."""
+    lines = ["# Table 2: capability, none / +defense / +BFT / +MFT (paper shape)", "",
+             "Accuracy (%) per lm-eval task and the mean over tasks; Δ: relative change vs none (the undefended "
+             "model before any attack; the papers' \"Vanilla\"), in %; no Δ where none is 0 (a relative change is undefined). +BFT / +MFT: the defended model after benign / malicious fine-tuning "
              f"(the attack of that kind with the lowest accuracy). '{DASH}': not measured.", ""]
     rows, html_rows = [], []
     quantities = [(f"capability:{t}", t) for t in res.capability_tasks] + [("capability_mean", "mean")]
@@ -430,7 +431,7 @@ def table2_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
                 continue
             mine = [s for s in res.attacked if s.defended == d]
             block_html: list[dict] = []
-            cols = [("Vanilla", lambda q: res.get(vanilla, q) if vanilla else None),
+            cols = [("none", lambda q: res.get(vanilla, q) if vanilla else None),
                     (f"+{d.defense_label}", lambda q: res.get(d, q)),
                     ("+BFT", lambda q: _worst_cap(res, [s for s in mine if s.attack_kind == "bft"], q)),
                     ("+MFT", lambda q: _worst_cap(res, [s for s in mine if s.attack_kind == "mft"], q))]
@@ -445,7 +446,7 @@ def table2_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
                                value_pct=None if x is None else 100 * x.mean,
                                ci_lo_pct=None if x is None or x.ci_lo is None else 100 * x.ci_lo,
                                ci_hi_pct=None if x is None or x.ci_hi is None else 100 * x.ci_hi,
-                               delta_vs_vanilla_pct=None if x is None or base is None or not base.mean or name == "Vanilla"
+                               delta_vs_vanilla_pct=None if x is None or base is None or not base.mean or name == "none"
                                else 100 * (x.mean - base.mean) / base.mean)
                     rows.append(row)
                     text = _v(x, True, sizes=sizes)
@@ -755,7 +756,7 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
             "every cell")
 
     figs = F.render(res, out_dir, th, log)
-    report.files += figs
+    report.files += figs + [f.replace(".png", ".svg") for f in figs]
 
     models = sorted({s.model for s in res.defended})
     summary = [f"{len(records)} records ({n_loaded} read, {n_loaded - len(records)} duplicates dropped) from "
@@ -776,6 +777,7 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
                 "worst": [dict(r, model=short_model(r["model"])) for r in worst],
                 "compute": [dict(r, model=short_model(r["model"])) for r in compute]}, figures=figs,
         reference=ref_rows, reference_sources=ref_sources, log_lines=log_lines,
+        files=report.files + ["figures.json", "report.log"],
         headline_intro="<p>" + H.html.escape(headline_md(head, th).split("\n\n", 2)[1]) + "</p>"
         + "".join(f"<p class='weak'><strong>{H.html.escape(r['model'])}: the attacks do not break the undefended "
                   f"model — too weak to rank defenses.</strong></p>"
@@ -789,7 +791,7 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
 def register_cli(sub, add_common) -> dict:
     p = sub.add_parser("report", help="leaderboard tables, figures and an HTML page from run records",
                        description="Build the headline (worst case per defense, verdict), Table 1 (HS / HR under "
-                                   "malicious fine-tuning, %), Table 2 (capability: Vanilla / +defense / +BFT / +MFT), "
+                                   "malicious fine-tuning, %), Table 2 (capability: none / +defense / +BFT / +MFT), "
                                    "worst-case tables, figures, a heatmap and index.html from run records. "
                                    "See docs/leaderboards.md.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
