@@ -74,8 +74,10 @@ SCRIPT = r"""
     if (!dir) dir = cur === col + ":asc" ? "desc" : "asc";
     var sign = dir === "asc" ? 1 : -1, body = table.tBodies[0];
     var rows = Array.prototype.slice.call(body.rows).map(function (r, i) { return [r, i]; });
-    rows.sort(function (x, y) {
-      return sign * cmp(key(x[0].cells[idx]), key(y[0].cells[idx])) || x[1] - y[1];
+    rows.sort(function (x, y) {  // missing values ('\u2014') last in either direction
+      var a = key(x[0].cells[idx]), b = key(y[0].cells[idx]);
+      if (a === null || b === null) return (a === null) - (b === null) || x[1] - y[1];
+      return sign * cmp(a, b) || x[1] - y[1];
     });
     rows.forEach(function (p) { body.appendChild(p[0]); });
     table.setAttribute("data-sort", col + ":" + dir);
