@@ -175,8 +175,18 @@ def _texts(fig):
     FigureCanvasAgg(fig)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
+    hidden = set()  # tick labels of ticks outside the view: matplotlib keeps them but does not draw them
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            tol = 1e-9 * max(1.0, abs(hi - lo))
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if not lo - tol <= tick.get_loc() <= hi + tol:
+                    hidden |= {id(tick.label1), id(tick.label2)}
     out = []
     for t in fig.findobj(Text):
+        if id(t) in hidden:
+            continue
         if t.get_visible() and t.get_text().strip() and (t.axes is None or t.axes.get_visible()):
             bb = t.get_window_extent(renderer)
             if bb.width > 0 and bb.height > 0:
@@ -189,11 +199,12 @@ def test_scatter_text_never_overlaps(tmp_path, monkeypatch):
     recs = [make_record(d, f"advbench-{n}", n=n, harm=0.5 + 0.002 * n / 10 + 0.01 * i, cap=0.42, harm0=0.1)
             for i, d in enumerate(DEFENSES) for n in ATTACK_NS]
     report(tmp_path, recs)
-    fig = figs["scatter_harm_vs_capability.png"]
-    texts = _texts(fig)
-    assert len(texts) > 20
-    clash = [(a, b) for (a, ba), (b, bb) in combinations(texts, 2) if ba.overlaps(bb)]
-    assert not clash, clash[:5]
+    assert "scatter_harm_vs_capability.png" in figs and "heatmap_defense_attack.png" in figs
+    assert len(_texts(figs["scatter_harm_vs_capability.png"])) > 20
+    for name, fig in figs.items():  # the scatter, and every other figure of the report too
+        texts = _texts(fig)
+        clash = [(a, b) for (a, ba), (b, bb) in combinations(texts, 2) if ba.overlaps(bb)]
+        assert not clash, (name, clash[:5])
 
 
 def test_bar_error_bars_are_full_and_visible(tmp_path, monkeypatch):
