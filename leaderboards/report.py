@@ -124,7 +124,7 @@ def table1_md(rows: list[dict], harm: A.HarmChoice, ref_rows: list[dict] | None,
             header = ["defense"] + [f"{c} ({'defended, before attack' if c == 'initial' else 'attacked'}; "
                                     f"{direction})" for c in cols]
             lines += [f"## {mrows[0]['metric_label']} — {model} ({profile} profile)", ""]
-            lines += _md_table(header, [[d] + [cell.get((d, c), "") for c in cols] for d in defenses]) + [""]
+            lines += _md_table(header, [[d] + [cell.get((d, c), DASH) for c in cols] for d in defenses]) + [""]
     if ref_rows is not None:
         lines += _reference_md([r for r in ref_rows if not r["our_metric"].startswith("capability")], ref_sources)
     return "\n".join(lines) + "\n"
@@ -203,7 +203,7 @@ def worst_md(rows: list[dict], th: A.Thresholds, harm: A.HarmChoice) -> str:
     body = [[r["model"], r["defense_label"], r["group"], r["metric_label"], str(r["n_cells"]), f3(r["worst"]),
              f"{r['worst_cell']} ({f3(r['worst_capability'])})", f3(r["ub_worst"]),
              f"{r['ub_worst_cell'] or '—'} ({f3(r['ub_worst_capability'])})",
-             f"{r['ub_excluded_low_capability']} / {r['ub_excluded_no_capability']}", r["breaks"], r["note"]]
+             f"{r['ub_excluded_low_capability']} / {r['ub_excluded_no_capability']}", r["breaks"], r["note"] or DASH]
             for r in rows]
     return "\n".join(lines + _md_table(header, body) + [""]) + "\n"
 

@@ -264,8 +264,13 @@ def test_svg_beside_every_png_at_print_resolution(tmp_path):
 
 
 def test_one_name_and_half_up_rounding(tmp_path):
-    recs = [make_record("none", "advbench-100", harm=0.0625), make_record("sdd", "advbench-100", harm=0.5)]
+    recs = [make_record("none", "advbench-100", harm=0.0625), make_record("sdd", "advbench-100", harm=0.5),
+            make_record("none", "advbench-10", n=10, harm=0.3)]  # sdd × advbench-10: no record
     rep = report(tmp_path, recs)
+    import re
+    for name in ("table1.md", "table1_paper.md", "table2.md", "worst_case.md", "headline.md", "behaviour.md"):
+        blank = [line for line in (rep.out / name).read_text().splitlines() if re.search(r"\|\s+\|", line)]
+        assert not blank, (name, blank[:2])  # a missing value reads '—', never a blank cell
     t1 = (rep.out / "table1_paper.md").read_text()
     assert "6.3 [" in t1 and "6.2 [" not in t1  # 6.25 % rounds half-up
     page = (rep.out / "index.html").read_text()
