@@ -385,21 +385,22 @@ def scatter_figure(res: Results, th: Thresholds, log: Callable[[str], None]):
                 bars(ax, s, col, m, size)
                 ax.annotate("", xy=(c1, h1), xytext=(c0, h0), arrowprops=dict(arrowstyle="->", color=col, alpha=0.6))
         bound = th.bound(res, entries[0][0]) if entries else None  # one backbone per panel
+        # the axis spans the data (and the bound), not [0, 1]: small models crowd a narrow capability range;
+        # below-chance models (a random-init tiny model) lie left of 0: widen the axis to show them, never cut them
+        caps = [c for d, _, attacked in entries for c in [res.get(x, CAP_NORM) for x in [d] + [a for a, _ in attacked]]]
+        lows = [c.ci_lo if c.ci_lo is not None else c.mean for c in caps] + ([bound] if bound is not None else [])
+        highs = [c.ci_hi if c.ci_hi is not None else c.mean for c in caps] + ([bound] if bound is not None else [])
+        xlim = (max(-1.05, min(lows) - 0.05), min(1.05, max(highs) + 0.05))
         if bound is not None:
             ax.axvline(bound, color="grey", linestyle=":")
             lines.setdefault("capability bound (per panel)", Line2D([], [], color="grey", linestyle=":"))
-        if metric.is_rate:
-            ax.axhline(th.harm_threshold, color="grey", linestyle="--")
+        if metric.is_rate:  # drawn across the axis in data coordinates (every line's x lies inside the axis)
+            ax.plot(xlim, [th.harm_threshold] * 2, color="grey", linestyle="--")
             lines.setdefault(f"harm threshold {th.harm_threshold:g}", Line2D([], [], color="grey", linestyle="--"))
         ax.set_xlabel("capability: mean (acc − chance)/(1 − chance)\n(0 = chance; higher is better)",
                       fontsize="small")
         ax.set_ylabel(_axis_label(metric), fontsize="small")
-        # below-chance models (a random-init tiny model) lie left of 0: widen the axis to show them, never cut them
-        # the axis spans the data (and the bound), not [0, 1]: small models crowd a narrow capability range
-        caps = [c for d, _, attacked in entries for c in [res.get(x, CAP_NORM) for x in [d] + [a for a, _ in attacked]]]
-        lows = [c.ci_lo if c.ci_lo is not None else c.mean for c in caps] + ([bound] if bound is not None else [])
-        highs = [c.ci_hi if c.ci_hi is not None else c.mean for c in caps] + ([bound] if bound is not None else [])
-        ax.set_xlim(max(-1.05, min(lows) - 0.05), min(1.05, max(highs) + 0.05))
+        ax.set_xlim(*xlim)
         _rate_axis(ax, metric)
         ax.set_title(backbone_label(model, profile), fontsize="medium")
     blank = Line2D([], [], linestyle="")
