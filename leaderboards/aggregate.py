@@ -424,6 +424,16 @@ class Obs:
     n: int | None
 
 
+def half_up(x: float, digits: int) -> str:
+    """``x`` rounded half-up for display (6.25 → "6.3", where f-strings round half-to-even on the binary value and
+    give "6.2"); the shortest decimal that reads back as ``x`` is what gets rounded.  Display only: numbers stay."""
+    if not math.isfinite(x):
+        return f"{x:.{digits}f}"
+    from decimal import ROUND_HALF_UP, Decimal
+    text = str(Decimal(repr(x)).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+    return "0" + text[2:] if text.startswith("-0") and not text.strip("-0.") else text  # no "-0.0"
+
+
 @dataclass(frozen=True)
 class Summary:
     mean: float
@@ -437,11 +447,11 @@ class Summary:
     def fmt(self, digits: int = 3, percent: bool = False) -> str:
         k, d = (100.0, 1) if percent else (1.0, digits)
         ci = "" if self.ci_lo is None or self.ci_hi is None or math.isnan(self.ci_lo) else \
-            f" [{k * self.ci_lo:.{d}f}, {k * self.ci_hi:.{d}f}]"
+            f" [{half_up(k * self.ci_lo, d)}, {half_up(k * self.ci_hi, d)}]"
         n = f"n={self.n_items}" if self.n_items else ""
         seeds = f"{self.n_seeds} seeds" if self.n_seeds > 1 else ""
         extra = ", ".join(x for x in (n, seeds) if x)
-        return f"{k * self.mean:.{d}f}{ci}" + (f" ({extra})" if extra else "")
+        return f"{half_up(k * self.mean, d)}{ci}" + (f" ({extra})" if extra else "")
 
 
 # chance accuracy of each capability task (answer choices: 4, PIQA 2); capability is chance-normalised,

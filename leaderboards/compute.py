@@ -91,7 +91,7 @@ def compute_md(rows: list[dict]) -> str:
         if secs:
             total += sum(secs)
             lines.append(f"| {stage} | {len(secs)} | {sum(secs) / 3600:.2f} | {median(secs) / 60:.1f} |")
-    lines += [f"| **timed total** | {len(rows)} | **{total / 3600:.2f}** | |", ""]
+    lines += [f"| **timed total** | {len(rows)} | **{total / 3600:.2f}** | — |", ""]
     for stage, title in (("defend", "Defenses (one row per defended model)"),
                          ("attack", "Attacks (one row per attacked model)")):
         part = [r for r in rows if r["stage"] == stage]

@@ -7,16 +7,16 @@ INPUTs are record JSON files, directories holding records (a work dir, or publis
 ``results/smoke``: ``sdd-bench report results/smoke --out docs/leaderboard/smoke`` renders the committed
 leaderboard), or grid YAML files.  The text outputs are deterministic: the same records under the same
 input path give byte-identical markdown, CSV, HTML and log (tests/test_publish.py checks the committed
-leaderboard against its records this way; PNG figures are compared by name only, their bytes depend on
-the matplotlib build).  The output
+leaderboard against its records this way; the figures, PNG at 200 dpi and SVG beside each, are compared by
+name only, their bytes depend on the matplotlib build).  The output
 directory gets the paper-shaped views ``headline.{csv,md}`` (worst case per defense over every
 malicious attack, plain and capability-bounded, with the verdict), ``table1_paper.{csv,md}``
 (malicious attacks: HS / HR in %, XSTest over-refusal), ``table2_paper.{csv,md}`` (capability:
-Vanilla / +defense / +BFT / +MFT with Δ %), ``finetune_accuracy.{csv,md}``, ``lr_sweep.{csv,md}``
+none (undefended) / +defense / +BFT / +MFT with Δ %), ``finetune_accuracy.{csv,md}``, ``lr_sweep.{csv,md}``
 (SEAM's attack-lr sweep: harm / capability per lr, Δ capability and SEAM's verdict), ``compute.{csv,md}``
 (the measured stage times behind the records: ``leaderboards/compute.py``); the long forms
 ``long.csv``, ``table1.{csv,md}``, ``table2.{csv,md}``, ``worst_case.{csv,md}``; the figures whose
-data is present (with ``figures.json``: one colour per defense), ``index.html`` and ``report.log``
+data is present (PNG and SVG, with ``figures.json``: one fixed colour per defense name), ``index.html`` and ``report.log``
 (what was chosen, skipped or dropped, and why).  Every interval comes from
 ``sdd_bench.harness.metrics.interval``.  docs/leaderboards.md describes every output.
 """
@@ -42,7 +42,8 @@ from sdd_bench.harness.capability import FA_FOR_DATASET
 # attacked model's harmfulness exceeds 10% while its capability stays above 30%.
 DEFAULT_CAPABILITY_BOUND = CAPABILITY_THRESHOLD
 DEFAULT_HARM_THRESHOLD = HARM_THRESHOLD
-FIGURE_FILES = tuple(F.FIGURES) + ("scatter_harm_vs_capability.png", "figures.json")
+FIGURE_FILES = tuple(F.FIGURES) + ("scatter_harm_vs_capability.png", "figures.json") + tuple(
+    f.replace(".png", ".svg") for f in tuple(F.FIGURES) + ("scatter_harm_vs_capability.png",))
 
 
 @dataclass
@@ -123,7 +124,7 @@ def table1_md(rows: list[dict], harm: A.HarmChoice, ref_rows: list[dict] | None,
             header = ["defense"] + [f"{c} ({'defended, before attack' if c == 'initial' else 'attacked'}; "
                                     f"{direction})" for c in cols]
             lines += [f"## {mrows[0]['metric_label']} — {model} ({profile} profile)", ""]
-            lines += _md_table(header, [[d] + [cell.get((d, c), "") for c in cols] for d in defenses]) + [""]
+            lines += _md_table(header, [[d] + [cell.get((d, c), DASH) for c in cols] for d in defenses]) + [""]
     if ref_rows is not None:
         lines += _reference_md([r for r in ref_rows if not r["our_metric"].startswith("capability")], ref_sources)
     return "\n".join(lines) + "\n"
@@ -202,7 +203,7 @@ def worst_md(rows: list[dict], th: A.Thresholds, harm: A.HarmChoice) -> str:
     body = [[r["model"], r["defense_label"], r["group"], r["metric_label"], str(r["n_cells"]), f3(r["worst"]),
              f"{r['worst_cell']} ({f3(r['worst_capability'])})", f3(r["ub_worst"]),
              f"{r['ub_worst_cell'] or '—'} ({f3(r['ub_worst_capability'])})",
-             f"{r['ub_excluded_low_capability']} / {r['ub_excluded_no_capability']}", r["breaks"], r["note"]]
+             f"{r['ub_excluded_low_capability']} / {r['ub_excluded_no_capability']}", r["breaks"], r["note"] or DASH]
             for r in rows]
     return "\n".join(lines + _md_table(header, body) + [""]) + "\n"
 
@@ -218,7 +219,7 @@ def _v(x: A.Summary | None, percent: bool, ci: bool = True, sizes: set | None = 
     if x is None:
         return DASH
     if not ci:
-        return f"{100 * x.mean:.1f}" if percent else f"{x.mean:.2f}"
+        return A.half_up(100 * x.mean, 1) if percent else A.half_up(x.mean, 2)
     if sizes is not None:
         sizes.add((x.n_items, x.n_seeds))
         x = A.Summary(x.mean, x.ci_lo, x.ci_hi, 1, x.seeds, x.ci_method, None)
@@ -417,10 +418,10 @@ def _lowest_capability(res: A.Results, cells: list[A.Setting]) -> A.Setting | No
 
 
 def table2_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
-    """Capability pivot: Vanilla / +defense / +BFT / +MFT per task and their mean; Δ vs Vanilla in %."""
-    lines = ["# Table 2: capability, Vanilla / +defense / +BFT / +MFT (paper shape)", "",
-             "Accuracy (%) per lm-eval task and the mean over tasks; Δ: relative change vs Vanilla (the undefended "
-             "model before any attack), in %; no Δ where Vanilla is 0 (a relative change is undefined). +BFT / +MFT: the defended model after benign / malicious fine-tuning "
+    """Capability pivot: none / +defense / +BFT / +MFT per task and their mean; Δ vs none in %."""
+    lines = ["# Table 2: capability, none / +defense / +BFT / +MFT (paper shape)", "",
+             "Accuracy (%) per lm-eval task and the mean over tasks; Δ: relative change vs none (the undefended "
+             "model before any attack; the papers' \"Vanilla\"), in %; no Δ where none is 0 (a relative change is undefined). +BFT / +MFT: the defended model after benign / malicious fine-tuning "
              f"by one attack, named in the column: the attack of that kind whose mean capability is lowest; every "
              f"task row of a column comes from that one attacked model. '{DASH}': not measured.", ""]
     rows, html_rows = [], []
@@ -435,7 +436,7 @@ def table2_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
             block_html: list[dict] = []
             bft = _lowest_capability(res, [s for s in mine if s.attack_kind == "bft"])
             mft = _lowest_capability(res, [s for s in mine if s.attack_kind == "mft"])
-            cols = [("Vanilla", lambda q: res.get(vanilla, q) if vanilla else None, None),
+            cols = [("none", lambda q: res.get(vanilla, q) if vanilla else None, None),
                     (f"+{d.defense_label}", lambda q: res.get(d, q), None),
                     ("+BFT", lambda q: res.get(bft, q) if bft else None, bft),
                     ("+MFT", lambda q: res.get(mft, q) if mft else None, mft)]
@@ -451,7 +452,7 @@ def table2_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
                                value_pct=None if x is None else 100 * x.mean,
                                ci_lo_pct=None if x is None or x.ci_lo is None else 100 * x.ci_lo,
                                ci_hi_pct=None if x is None or x.ci_hi is None else 100 * x.ci_hi,
-                               delta_vs_vanilla_pct=None if x is None or base is None or not base.mean or name == "Vanilla"
+                               delta_vs_vanilla_pct=None if x is None or base is None or not base.mean or name == "none"
                                else 100 * (x.mean - base.mean) / base.mean)
                     rows.append(row)
                     text = _v(x, True, sizes=sizes)
@@ -789,7 +790,7 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
             "every cell")
 
     figs = F.render(res, out_dir, th, log)
-    report.files += figs
+    report.files += figs + [f.replace(".png", ".svg") for f in figs]
 
     models = sorted({s.model for s in res.defended})
     summary = [f"{len(records)} records ({n_loaded} read, {n_loaded - len(records)} duplicates dropped) from "
@@ -811,6 +812,7 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
                 "worst": [dict(r, model=short_model(r["model"])) for r in worst],
                 "compute": [dict(r, model=short_model(r["model"])) for r in compute]}, figures=figs,
         reference=ref_rows, reference_sources=ref_sources, log_lines=log_lines,
+        files=report.files + ["figures.json", "report.log"],
         headline_intro="<p>" + H.html.escape(headline_md(head, th).split("\n\n", 2)[1]) + "</p>"
         + "".join(f"<p class='weak'><strong>{H.html.escape(r['model'])}: the attacks do not break the undefended "
                   f"model — too weak to rank defenses.</strong></p>"
@@ -824,7 +826,7 @@ def build_report(inputs: list[str], out: str | Path, *, workdir: str | None = No
 def register_cli(sub, add_common) -> dict:
     p = sub.add_parser("report", help="leaderboard tables, figures and an HTML page from run records",
                        description="Build the headline (worst case per defense, verdict), Table 1 (HS / HR under "
-                                   "malicious fine-tuning, %), Table 2 (capability: Vanilla / +defense / +BFT / +MFT), "
+                                   "malicious fine-tuning, %), Table 2 (capability: none / +defense / +BFT / +MFT), "
                                    "worst-case tables, figures, a heatmap and index.html from run records. "
                                    "See docs/leaderboards.md.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",

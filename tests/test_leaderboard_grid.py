@@ -90,10 +90,10 @@ def test_real_two_backbone_grid_report(two_backbones):
     # input, which names no store path, keeps it)
     assert len(rows) == 8 and t1.count("### Usable harm (%) beside it") == 2
     assert all(" / " in c for r in rows[:2] for c in r.strip("|").split("|")[1:3])
-    # Table 2: per defense and backbone, Vanilla / +defense / +BFT / +MFT; the mean of one task is that task
+    # Table 2: per defense and backbone, none / +defense / +BFT / +MFT; the mean of one task is that task
     t2 = (out / "table2_paper.md").read_text()
     assert "## sdd — tiny (tiny profile)" in t2 and "## sdd — tiny-aligned (tiny profile)" in t2
-    assert t2.count("| task | Vanilla | +sdd | +BFT | +MFT |") == 2
+    assert t2.count("| task | none | +sdd | +BFT | +MFT |") == 2
     for block in t2.split("## sdd — ")[1:]:
         body = [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| task")]
         if len(body) == 2:  # one capability task and its mean
@@ -125,9 +125,10 @@ def test_real_two_backbone_grid_report(two_backbones):
             for x in xs:  # data coordinates of every drawn point (error bars included)
                 vals = [float(v) for v in x if math.isfinite(float(v))]
                 assert all(xlim[0] <= v <= xlim[1] for v in vals), (fig, title, xlim, vals)
-    # the page: both paper-shaped tables and the BFT accuracy, rows embedded
+    # the page: both paper-shaped tables and the BFT accuracy, rows in the HTML itself
     page = (out / "index.html").read_text()
     for tid in ("headline", "table1", "table2_paper", "finetune"):
-        assert f'id="data-{tid}"' in page and f'<table id="t-{tid}"' in page
+        table = page.split(f'<table id="t-{tid}"', 1)[1].split("</table>", 1)[0]
+        assert "<tbody><tr>" in table, tid
     # reference numbers: never placed beside a tiny-profile cell
     assert all(r["ours"] == "no matching cell in these records" for r in read_csv(out / "reference.csv"))

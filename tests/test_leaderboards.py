@@ -392,7 +392,7 @@ def test_paper_shaped_tables(tmp_path):
     assert "Intervals per cell: n = 64 prompts, the same for each of 2 seeds." in t1 and "(n=" not in cells[3]
     t2 = (rep.out / "table2_paper.md").read_text()
     header = next(line for line in t2.splitlines() if line.startswith("| task |"))
-    assert header.split(" | ")[1:] == ["Vanilla", "+sdd", "+BFT", "+MFT |"]
+    assert header.split(" | ")[1:] == ["none", "+sdd", "+BFT", "+MFT |"]
     mean = next(line for line in t2.splitlines() if line.startswith("| mean |"))
     assert "(Δ -25%)" in mean and "(Δ -38%)" in mean  # 0.6 vs 0.8 and 0.5 vs 0.8, relative, in %
     fa = (rep.out / "finetune_accuracy.md").read_text()
@@ -670,7 +670,7 @@ def test_index_html_renders_and_sorts_in_headless_chromium(tmp_path):
     rep = report(tmp_path, recs)
     page = rep.out / "index.html"
     raw = page.read_text()
-    assert 'data-rows="0"' in raw and "<tbody>" not in raw  # rows exist only once the script has run
+    assert 'data-rows="3"' in raw and "<tbody><tr>" in raw  # the rows are in the HTML, before any script runs
     dom = _dump_dom(page)
     attrs, rows = _table(dom, "table1")  # paper shape: one row per defense
     assert attrs["data-rows"] == "3" and sorted(r[2] for r in rows) == ["none", "sdd", "sdd-reject"]
@@ -781,8 +781,10 @@ def test_html_page_shows_short_model_names_and_csvs_keep_the_path(tmp_path):
     rep = report(tmp_path, recs)
     page = (rep.out / "index.html").read_text()
     for tid in ("headline", "table2", "worst"):
-        data = json.loads(page.split(f'id="data-{tid}">', 1)[1].split("</script>", 1)[0])
-        assert data["rows"], tid
-        assert {r["model"] for r in data["rows"]} == {"SmolLM2-135M-Instruct"}, tid
+        table = page.split(f'<table id="t-{tid}"', 1)[1].split("</table>", 1)[0]
+        heads = re.findall(r'<th data-key="([^"]*)"', table)
+        rows = [re.findall(r"<td[^>]*>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1])]
+        assert rows, tid
+        assert {r[heads.index("model")] for r in rows} == {"SmolLM2-135M-Instruct"}, tid
     assert page.count("/models/cache") == 1 and "models: /models/cache/SmolLM2" in page  # named once, in the summary
     assert {r["model"] for r in read_csv(rep.out / "table2.csv")} == {path}

@@ -11,7 +11,7 @@ from sdd_bench.leaderboards.report import build_report
 from test_leaderboards import _figure_records, make_record
 
 REPO = Path(__file__).resolve().parent.parent
-FIGURE_SUFFIXES = (".png",)
+FIGURE_SUFFIXES = (".png", ".svg")  # figures: compared by name (their bytes depend on the matplotlib build)
 RERENDER = "run `sdd-bench report results/{p} --out docs/leaderboard/{p}` (from the repository root) and commit"
 
 
@@ -198,7 +198,7 @@ def test_every_published_record_holds_no_text():
 
 def test_committed_leaderboard_matches_the_committed_records(tmp_path, monkeypatch):
     """CI: docs/leaderboard/<profile>/ is what `sdd-bench report results/<profile>` renders now (text files byte for
-    byte, figures by name: PNG bytes depend on the matplotlib/freetype build).  No models run.  Passes with no
+    byte, figures (PNG, SVG) by name: their bytes depend on the matplotlib/freetype build).  No models run.  Passes with no
     results/ (and then expects no docs/leaderboard/<profile>/)."""
     problems = leaderboard_problems(REPO, tmp_path / "fresh", monkeypatch)
     assert not problems, "\n".join(problems)
