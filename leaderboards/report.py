@@ -292,6 +292,9 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
         lrs = {s.attack_lr for s in cols}
         col_name = lambda s: _column_name(s, show_lr)  # noqa: E731
         names = list(dict.fromkeys(col_name(s) for s in cols))
+        # the CSV's column keys name the lr always, so one attack setting is one column across backbone sections
+        # (the markdown names it only where this backbone's lrs differ)
+        csv_name = {col_name(s): _column_name(s, True) for s in cols}
         header = ["defense", "Initial"] + names + ["XSTest over-refusal (%)"]
         body, sizes = [], set()
         for d in defended:
@@ -308,8 +311,9 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
                     (mark(s) if s is not None else "")
                 out.append(text)
                 shown[name] = text
-                row[f"{name} {first.key}"] = None if a is None else (100 * a.mean if first.is_rate else a.mean)
-                row[f"{name} {second.key}"] = None if b is None else 100 * b.mean
+                key = csv_name.get(name, name)
+                row[f"{key} {first.key}"] = None if a is None else (100 * a.mean if first.is_rate else a.mean)
+                row[f"{key} {second.key}"] = None if b is None else 100 * b.mean
             xs = res.get(d, A.XSTEST_REFUSAL)
             out.append(_v(xs, True) if xs is None else f"{_v(xs, True, sizes=set())} (n={xs.n_items})")
             shown["XSTest over-refusal (%)"] = out[-1]
@@ -331,7 +335,7 @@ def table1_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
                                                      sizes=usizes) for x in [d] + [cell_of.get(n) for n in names]])
                 for r_ in rows:
                     if r_["defense"] == d.defense_label and r_["model"] == model:
-                        r_.update({f"{n} {A.USABLE_HARM}": (None if x is None or res.get(x, A.USABLE_HARM) is None
+                        r_.update({f"{csv_name.get(n, n)} {A.USABLE_HARM}": (None if x is None or res.get(x, A.USABLE_HARM) is None
                                                             else 100 * res.get(x, A.USABLE_HARM).mean)
                                    for n, x in [("Initial", d)] + [(n, cell_of.get(n)) for n in names]})
             lines += [f"### Usable harm (%) beside it — {short_model(model)}", "",

@@ -392,7 +392,7 @@ def test_paper_shaped_tables(tmp_path):
     assert "Intervals per cell: n = 64 prompts, the same for each of 2 seeds." in t1 and "(n=" not in cells[3]
     t2 = (rep.out / "table2_paper.md").read_text()
     header = next(line for line in t2.splitlines() if line.startswith("| task |"))
-    assert header.split(" | ")[1:] == ["none", "+sdd", "+BFT", "+MFT |"]
+    assert header.split(" | ")[1:] == ["none", "+sdd", "+BFT (sst2-1k)", "+MFT (advbench-100) |"]
     mean = next(line for line in t2.splitlines() if line.startswith("| mean |"))
     assert "(Δ -25%)" in mean and "(Δ -38%)" in mean  # 0.6 vs 0.8 and 0.5 vs 0.8, relative, in %
     fa = (rep.out / "finetune_accuracy.md").read_text()
@@ -788,3 +788,15 @@ def test_html_page_shows_short_model_names_and_csvs_keep_the_path(tmp_path):
         assert {r[heads.index("model")] for r in rows} == {"SmolLM2-135M-Instruct"}, tid
     assert page.count("/models/cache") == 1 and "models: /models/cache/SmolLM2" in page  # named once, in the summary
     assert {r["model"] for r in read_csv(rep.out / "table2.csv")} == {path}
+
+
+def test_table1_csv_has_one_column_per_attack_setting_across_backbones(tmp_path):
+    """Issue 42: advbench-100 was two CSV columns, named with its lr on the backbone whose lrs vary and without on
+    the other."""
+    recs = [make_record("none", "advbench-100", model="tiny-a"), make_record("none", "advbench-100", model="tiny-b"),
+            make_record("none", "advbench-100", model="tiny-b", lr=2e-4, attack_options={"lr": 2e-4})]
+    rep = report(tmp_path, recs)
+    with (rep.out / "table1_paper.csv").open() as f:
+        header = next(csv.reader(f))
+    cols = [h for h in header if h.startswith("advbench-100") and h.endswith("refusal_rate")]
+    assert len(cols) == 2 and all("lr=" in c for c in cols), cols  # lr 5e-5 (both backbones) and lr 2e-4
