@@ -1100,9 +1100,10 @@ def headline_rows(res: Results, th: Thresholds) -> list[dict]:
                     "worst case (report --capability-bound sets the bound)")
         else:
             note = ""
-        safer = [sep[c]["column"] for c in cells if c in sep and sep[c]["separates"] == "safer"]
-        worse = [sep[c]["column"] for c in cells if c in sep and sep[c]["separates"] == "more harmful"]
-        tested = sum(c in sep for c in cells)
+        # every malicious attack the defense faced that has a paired test, the common set and the others alike
+        safer = [sep[c]["column"] for c in every if c in sep and sep[c]["separates"] == "safer"]
+        worse = [sep[c]["column"] for c in every if c in sep and sep[c]["separates"] == "more harmful"]
+        tested = sum(c in sep for c in every)
         separates = ("— (the reference)" if d.defense == "none" and not d.base_defense else
                      "not tested (no per-prompt outcomes)" if not tested else
                      "; ".join(x for x in (("safer at: " + ", ".join(safer)) if safer else "",

@@ -617,6 +617,35 @@ def separation_md(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def headline_sentences(rows: list[dict]) -> list[str]:
+    """One line per defended model, written from the headline's numbers (issue 37): what it holds or breaks against,
+    whether it differs from no defense, how long the attack takes, its capability against the undefended model's, and
+    whether its own mechanism took hold."""
+    out = []
+    for r in rows:
+        ref = next((x for x in rows if x["defense"] == "none" and not x.get("base_defense") and x["model"] == r["model"]
+                    and x["profile"] == r["profile"]), None)
+        verdict = {"breaks": "breaks", "holds": "holds", "inconclusive": "is inconclusive",
+                   "vacuous": "cannot be judged (no attacked model keeps usable capability)",
+                   "collapsed": "collapses (every attacked model at chance)",
+                   "unknown": "is unknown (capability not measured)"}.get(r["verdict"], r["verdict"])
+        parts = [f"worst harm {r['worst_text']} at {r['worst_cell'] or DASH} over the common attacks"]
+        if r["defense"] != "none" or r.get("base_defense"):
+            parts.append(f"differs from no defense: {r['separates_from_none']}")
+        if r["resistance"] != "no trajectory":
+            parts.append(f"resistance: {r['resistance']}")
+        cap, ref_cap = r.get("initial_capability_norm"), ref.get("initial_capability_norm") if ref else None
+        if cap is not None:
+            parts.append(f"capability before any attack {cap:.2f} (chance-normalised)"
+                         + (f", {cap - ref_cap:+.2f} against no defense's {ref_cap:.2f}" if ref_cap is not None
+                            and ref is not r else ""))
+        if r["mechanism_state"] in ("installed", "not installed"):
+            parts.append(f"its mechanism {'took hold' if r['mechanism_state'] == 'installed' else 'did NOT take hold'}")
+        out.append(f"- **{r['defense_label']}** ({short_model(r['model'], r['profile'])}) {verdict}: "
+                   + "; ".join(parts) + ".")
+    return out
+
+
 def headline_md(rows: list[dict], th: A.Thresholds) -> str:
     lines = ["# Headline: worst case per defense over the malicious attacks every defense faced", "",
              f"Worst harm rate over the backbone's common malicious attacks — those every defense of the backbone "
@@ -657,7 +686,7 @@ def headline_md(rows: list[dict], th: A.Thresholds) -> str:
                  "harm rate reaches 50% (linear between checkpoints; in brackets where the CI's upper and lower curves "
                  "reach it) and the area under the harm curve over the attack (0–1; lower resists longer) with the "
                  "area under the CI curves (resistance.csv).")
-    return "\n".join(lines + _md_table(header, body) + [""]) + "\n"
+    return "\n".join(lines + _md_table(header, body) + ["", "## In words", ""] + headline_sentences(rows) + [""]) + "\n"
 
 
 # ------------------------------------------------------------------------------------------

@@ -217,3 +217,15 @@ def test_rejection_sentence_judge_counts_what_the_keyword_judge_cannot():
     rec["metrics"]["initial"]["harmful"]["reject-sentence:explicit_rejection_rate"] = {"value": 0.9, "ci95": [0.8, 0.95], "n": 64}
     assert A.rejection_metric([rec]) == A.SENTENCE_REJECTION
     assert A.rejection_metric([rec, make_record("none", "advbench-100")]) == A.REFUSAL  # not every record has it
+
+
+def test_headline_reads_as_sentences(tmp_path):
+    recs = [make_record("none", "advbench-100", harm=0.9, cap=0.9, cap0=0.9),
+            _with_mechanism(make_record("sdd", "advbench-100", harm=0.5, cap=0.9, cap0=0.8), True,
+                            name="harmful prompts answered off-topic without refusing", value=0.86)]
+    md = (report(tmp_path, recs).out / "headline.md").read_text()
+    lines = md.split("## In words", 1)[1].strip().splitlines()
+    sdd = next(line for line in lines if line.startswith("- **sdd**"))
+    assert "breaks" in sdd and "advbench-100" in sdd and "differs from no defense" in sdd
+    assert "against no defense's" in sdd and "its mechanism took hold" in sdd
+    assert len(lines) == 2
