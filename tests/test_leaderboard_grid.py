@@ -93,7 +93,8 @@ def test_real_two_backbone_grid_report(two_backbones):
     # Table 2: per defense and backbone, none / +defense / +BFT / +MFT; the mean of one task is that task
     t2 = (out / "table2_paper.md").read_text()
     assert "## sdd — tiny (tiny profile)" in t2 and "## sdd — tiny-aligned (tiny profile)" in t2
-    assert t2.count("| task | none | +sdd | +BFT | +MFT |") == 2
+    # each +BFT / +MFT column names its one attack (issue 37)
+    assert t2.count("| task | none | +sdd | +BFT (sst2-1k) | +MFT (advbench-prefix-10") == 2, t2
     for block in t2.split("## sdd — ")[1:]:
         body = [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| task")]
         if len(body) == 2:  # one capability task and its mean
