@@ -426,6 +426,21 @@ def capability(store, ref, r: Resolved, log, loaded=None) -> tuple[dict | None, 
     return json.loads((art.path / "results.json").read_text()), art.ref()
 
 
+def reference_loss(store, ref, r: Resolved, log, loaded=None) -> tuple[dict | None, str | None]:
+    """Mean NLL per answer token of held-out benign reference answers (harness/reference_loss.py), measured with
+    the capability stage (same switch): the capability signal that shows a degradation before accuracy moves."""
+    if not r.spec.capability or not r.profile.capability_tasks:
+        return None, None
+    from . import reference_loss as rl
+    t0 = time.time()
+    art, hit = rl.reference_loss_stage(store, ref, r.profile.name, r.spec.template, EVAL_SEED, device=r.spec.device,
+                                       loaded=loaded)
+    out = json.loads((art.path / "result.json").read_text())
+    log(f"  reference loss ({out['dataset']}, {out['n']} answers): {out['value']:.3f} nats/token "
+        f"[{out['ci95'][0]:.3f}, {out['ci95'][1]:.3f}] ({'cache hit' if hit else 'done'}, {time.time() - t0:.0f}s)")
+    return out, art.ref()
+
+
 def finetune_accuracy(store, ref, r: Resolved, log, loaded=None) -> dict | None:
     """Benign fine-tuning accuracy on the BFT task's held-out split, for BFT / poison attacks on a task."""
     if r.attack is None or r.attack.cfg.dataset not in FA_FOR_DATASET:
@@ -447,6 +462,10 @@ def evaluate_condition(store, ref, r: Resolved, sets, log, progress: bool, arts:
     if cap is not None:
         metrics["capability"] = cap
         arts[f"{cond}/capability"] = capref
+    rl, rlref = reference_loss(store, ref, r, log, loaded)
+    if rl is not None:
+        metrics["reference_loss"] = rl
+        arts[f"{cond}/reference_loss"] = rlref
     fa = finetune_accuracy(store, ref, r, log, loaded)
     if fa is not None:
         metrics["finetune_accuracy"] = fa

@@ -245,6 +245,12 @@ def long_rows(loaded: Iterable[Loaded]) -> list[dict]:
                 rows.append(dict(base, condition=cond, eval_set="capability", metric=f"{task}:{primary}",
                                  value=res.get("value"), ci_lo=lo, ci_hi=hi, ci_method=how, n=res.get("n"),
                                  invalid=None, direction="higher-better", judge="lm-eval"))
+            rl = m.get("reference_loss")
+            if isinstance(rl, dict) and rl.get("value") is not None:
+                lo, hi = (rl.get("ci95") or [None, None])[:2]
+                rows.append(dict(base, condition=cond, eval_set="reference_loss", metric=str(rl.get("dataset")),
+                                 value=rl["value"], ci_lo=lo, ci_hi=hi, ci_method="record" if lo is not None else "none",
+                                 n=rl.get("n"), invalid=None, direction="lower-better", judge="nats/token"))
             fa = m.get("finetune_accuracy")
             if fa:
                 lo, hi, how = _long_ci(fa.get("value"), fa.get("n"), fa.get("ci95"), True)
@@ -474,6 +480,9 @@ def summarize(per_seed: dict[int, Obs], is_rate: bool = True, bounds: tuple[floa
                    iv["n"])
 
 
+REF_LOSS = "reference_loss"  # mean NLL per answer token of held-out benign reference answers (harness/reference_loss.py)
+
+
 def capability_mean(cap: dict, normalised: bool = False) -> Obs | None:
     """Mean of each task's primary metric (``normalised``: of (acc − chance)/(1 − chance)); its CI from the
     tasks' Wilson intervals (items) or stderrs, as independent tasks."""
@@ -562,6 +571,8 @@ class Results:
         self.trajectory_points: dict[Setting, dict[int, dict]] = {}  # attacked setting -> step -> {fraction, …}
         self.mechanisms: dict[Setting, dict[int, dict | None]] = {}  # defended setting -> seed -> record "mechanism"
         self.items: dict[tuple[Setting, str], dict[int, list]] = {}  # (setting, cond) -> seed -> harm per prompt
+        # (setting, cond) -> seed -> (reference-loss item set, per-item losses): for paired differences
+        self.ref_items: dict[tuple[Setting, str], dict[int, tuple[tuple, list]]] = {}
         for item in loaded:
             self._add(item.record)
             setting, seed = setting_of(item.record), seed_of(item.record)
@@ -625,11 +636,34 @@ class Results:
                     self._put(s, cond, f"capability:{task}", seed, Obs(float(res["value"]), lo, hi, res.get("n")))
                 self._put(s, cond, "capability_mean", seed, capability_mean(cap))
                 self._put(s, cond, CAP_NORM, seed, capability_mean(cap, normalised=True))
+            rl = m.get("reference_loss")
+            if isinstance(rl, dict) and rl.get("value") is not None:
+                ci = rl.get("ci95") or [None, None]
+                self._put(s, cond, REF_LOSS, seed, Obs(float(rl["value"]), ci[0], ci[1], rl.get("n")))
+                self.kinds[REF_LOSS] = (False, (0.0, math.inf))
+                if isinstance(rl.get("per_item"), list):
+                    ident = (rl.get("dataset"), rl.get("n"), rl.get("seed"), rl.get("template"), rl.get("max_length"))
+                    self.ref_items.setdefault((s, cond), {}).setdefault(seed, (ident, rl["per_item"]))
             fa = m.get("finetune_accuracy")
             if fa and fa.get("value") is not None:
                 ci = fa.get("ci95") or [None, None]
                 self._put(s, cond, "finetune_accuracy", seed, Obs(float(fa["value"]), ci[0], ci[1], fa.get("n")))
                 self.fa_task[s] = str(fa.get("task") or s.attack_dataset or "task")
+
+    def ref_loss_paired(self, a: Setting, b: Setting) -> dict | None:
+        """Paired difference b − a of the reference-answer loss over the same held-out answers
+        (``harness.reference_loss.paired_difference``): each item's loss averaged over the seeds both settings have,
+        on the same item set; None when they share no seed with per-item losses on the same items."""
+        from sdd_bench.harness.reference_loss import paired_difference
+        got = []
+        for x in (a, b):
+            got.append(self.ref_items.get((x, "initial" if x.attack is None else "attacked"), {}))
+        seeds = sorted(sd for sd in set(got[0]) & set(got[1]) if got[0][sd][0] == got[1][sd][0]
+                       and len(got[0][sd][1]) == len(got[1][sd][1]))
+        if not seeds:
+            return None
+        mean = [[fmean(side[sd][1][i] for sd in seeds) for i in range(len(side[seeds[0]][1]))] for side in got]
+        return dict(paired_difference(mean[0], mean[1]), seeds=tuple(seeds))
 
     def mechanism(self, defended: Setting) -> dict:
         """Whether the defense's own mechanism took hold (record ``mechanism``, issue 36), over the seeds measured:
@@ -770,18 +804,20 @@ def table2_rows(res: Results) -> list[dict]:
                                                        order.index(s.attack_kind) if s.attack_kind in order
                                                        else len(order), s.sort_key()))
     for s in settings:
-        quantities = [f"capability:{t}" for t in res.capability_tasks] + ["capability_mean", "finetune_accuracy"]
+        quantities = [f"capability:{t}" for t in res.capability_tasks] + ["capability_mean", REF_LOSS,
+                                                                           "finetune_accuracy"]
         if all(res.get(s, q) is None for q in quantities):
             continue
         for q in quantities:
             summ = res.get(s, q)
             if summ is None:
                 continue
-            label = {"capability_mean": "mean of tasks",
+            label = {"capability_mean": "mean of tasks", REF_LOSS: "reference-answer loss (nats/token)",
                      "finetune_accuracy": f"finetune accuracy ({res.fa_task.get(s, s.attack_dataset)})"}.get(q, q.split(":", 1)[-1])
             rows.append(dict(_defense_columns(s), condition=_condition_label(s),
                              attack=s.attack or "", column=s.attack_label, quantity=q, quantity_label=label,
-                             direction="higher-better", **_summary_columns(summ)))
+                             direction="lower-better" if q == REF_LOSS else "higher-better",
+                             **_summary_columns(summ)))
     return rows
 
 

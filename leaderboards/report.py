@@ -421,15 +421,50 @@ def _lowest_capability(res: A.Results, cells: list[A.Setting]) -> A.Setting | No
     return min(got, key=lambda xs: (xs[0].mean, xs[1].sort_key()))[1] if got else None
 
 
+REF_LOSS_LABEL = "ref. loss ↓"
+
+
+def _ref_loss_cells(res: A.Results, cols, vanilla, d, rows: list[dict], base: dict, shown: dict) -> list[str]:
+    """Table 2's reference-answer loss row (nats per answer token, lower is better; harness/reference_loss.py): each
+    column's value [95% CI] and, against ``none`` before any attack, the paired difference over the same held-out
+    answers with its CI (marked * when the CI excludes 0)."""
+    out = []
+    for name, get, cell in cols:
+        x = get(A.REF_LOSS)
+        setting = {"none": vanilla, f"+{d.defense_label}": d}.get(name, cell)
+        diff = res.ref_loss_paired(vanilla, setting) if (vanilla is not None and setting is not None
+                                                         and name != "none" and x is not None) else None
+        rows.append(dict(base, column=name, attack=cell.attack_label if cell is not None else "",
+                         value_pct=None, ci_lo_pct=None, ci_hi_pct=None, delta_vs_vanilla_pct=None,
+                         value=None if x is None else x.mean, ci_lo=None if x is None else x.ci_lo,
+                         ci_hi=None if x is None else x.ci_hi,
+                         paired_diff_vs_vanilla=None if diff is None else diff["mean_diff"],
+                         paired_diff_ci_lo=None if diff is None else diff["ci95"][0],
+                         paired_diff_ci_hi=None if diff is None else diff["ci95"][1]))
+        text = DASH if x is None else x.fmt(digits=2)
+        if diff is not None:
+            lo, hi = diff["ci95"]
+            def nats(v: float) -> str:  # no "-0.00"
+                return f"{round(v, 2) + 0.0:+.2f}"
+            text += f" (Δ {nats(diff['mean_diff'])} [{nats(lo)}, {nats(hi)}]{'*' if lo > 0 or hi < 0 else ''})"
+        out.append(text)
+        shown["+defense" if name == f"+{d.defense_label}" else name] = text
+    return out
+
+
 def table2_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
     """Capability pivot: none / +defense / +BFT / +MFT per task and their mean; Δ vs none in %."""
     lines = ["# Table 2: capability, none / +defense / +BFT / +MFT (paper shape)", "",
              "Accuracy (%) per lm-eval task and the mean over tasks; Δ: relative change vs none (the undefended "
              "model before any attack; the papers' \"Vanilla\"), in %; no Δ where none is 0 (a relative change is undefined). +BFT / +MFT: the defended model after benign / malicious fine-tuning "
              f"by one attack, named in the column: the attack of that kind whose mean capability is lowest; every "
-             f"task row of a column comes from that one attacked model. '{DASH}': not measured.", ""]
+             f"task row of a column comes from that one attacked model. '{DASH}': not measured. "
+             f"{REF_LOSS_LABEL}: mean NLL per answer token of held-out benign reference answers (AlpacaEval, "
+             "gpt4_1106_preview outputs no defense trains on), Student-t 95% CI over answers; Δ: the paired difference "
+             "from none over the same answers, * where its CI excludes 0 (a rise is a capability loss).", ""]
     rows, html_rows = [], []
-    quantities = [(f"capability:{t}", t) for t in res.capability_tasks] + [("capability_mean", "mean")]
+    quantities = [(f"capability:{t}", t) for t in res.capability_tasks] + [("capability_mean", "mean"),
+                                                                          (A.REF_LOSS, REF_LOSS_LABEL)]
     for (model, profile), defended in _by_backbone(res.defended).items():
         vanilla = next((d for d in defended if d.defense == "none" and not d.base_defense and not d.defense_options),
                        None)
@@ -449,6 +484,14 @@ def table2_paper(res: A.Results) -> tuple[list[dict], str, list[dict]]:
                 base = cols[0][1](q)
                 out = [label]
                 shown = dict(model=short_model(model), profile=profile, defense=d.defense_label, task=label)
+                if q == A.REF_LOSS:
+                    if all(get(q) is None for _, get, _ in cols):
+                        continue
+                    out += _ref_loss_cells(res, cols, vanilla, d, rows, dict(model=model, profile=profile,
+                                                                           defense=d.defense_label, task=label), shown)
+                    body.append(out)
+                    block_html.append(shown)
+                    continue
                 for name, get, cell in cols:
                     x = get(q)
                     row = dict(model=model, profile=profile, defense=d.defense_label, task=label, column=name,
