@@ -254,18 +254,25 @@ class FinetuneAttack:
         r = self.cfg.resolved()
         return total_steps(TrainConfig(epochs=r["epochs"], batch_size=r["batch_size"]), self.cfg.n)
 
+    def step_plan(self) -> tuple[int, str]:
+        """The one decision on how many optimizer steps this attack runs, and why: (steps, source) with source
+        ``exact`` (the ``steps`` option), ``cap`` (the profile's ``max_steps`` is below the recipe's steps: the cap
+        binds) or ``recipe`` (epochs × ⌈N / batch⌉, at or under any cap)."""
+        if self.cfg.steps is not None:
+            return self.cfg.steps, "exact"
+        rec = self.recipe_steps()
+        if self.cfg.max_steps is not None and self.cfg.max_steps < rec:
+            return self.cfg.max_steps, "cap"
+        return rec, "recipe"
+
     def planned_steps(self) -> int:
         """Optimizer steps this attack runs: ``steps`` if set, else min(the profile's cap, the recipe's steps)."""
-        if self.cfg.steps is not None:
-            return self.cfg.steps
-        rec = self.recipe_steps()
-        return rec if self.cfg.max_steps is None else min(self.cfg.max_steps, rec)
+        return self.step_plan()[0]
 
     def _trainer_steps(self) -> int | None:
         """``TrainConfig.max_steps`` (an exact count there): set when the steps are not the recipe's epochs."""
-        if self.cfg.steps is not None:
-            return self.cfg.steps
-        return self.cfg.max_steps if self.cfg.max_steps is not None and self.cfg.max_steps < self.recipe_steps() else None
+        steps, source = self.step_plan()
+        return None if source == "recipe" else steps
 
     def train_config(self, seed: int) -> TrainConfig:
         """The training config for a cell of seed ``seed`` (the attack's own ``seed`` option wins)."""
@@ -289,8 +296,9 @@ class FinetuneAttack:
         # Before the cap was a cap, a set max_steps ran exactly max_steps.  Where the recipe's steps are fewer the run
         # now differs from what that key stored, so the key names the steps; where the cap binds the run is the same
         # and the key is unchanged (the published capped records stay valid).
-        if self.cfg.steps is None and self.cfg.max_steps is not None and self.recipe_steps() < self.cfg.max_steps:
-            out["steps_run"] = self.recipe_steps()
+        steps, source = self.step_plan()
+        if source == "recipe" and self.cfg.max_steps is not None and steps < self.cfg.max_steps:
+            out["steps_run"] = steps
         for d in ds:
             if d == DONOR:
                 from .donor import donor_spec
