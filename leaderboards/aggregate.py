@@ -677,7 +677,8 @@ class Results:
             return {"state": "undefined", "text": "none defined", "installed": None}
         ok = all(v.get("installed") for v in got.values())
         first = next(iter(got.values()))
-        vals = "/".join(f"{v['value']:+.2f}" if "cos" in first["name"] else f"{100 * v['value']:.0f}%"
+        # a share of items (``defenses.base.share_installed``: it has a count) reads as %, any other number as is
+        vals = "/".join(f"{100 * v['value']:.0f}%" if "count" in first else f"{v['value']:+.2f}"
                         for v in got.values())
         text = f"{first['name']}: {vals}{' (seeds ' + ','.join(map(str, got)) + ')' if len(got) > 1 else ''}"
         return {"state": "installed" if ok else "not installed", "installed": ok,

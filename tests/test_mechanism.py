@@ -72,9 +72,11 @@ def test_gradient_cosines_on_the_tiny_model(tiny_ref):
     assert S.gradient_cosines(tiny_ref, adv[:4], bgn[:4], cfg, "chat", "cpu") == cos  # deterministic
 
 
-def _with_mechanism(rec, installed, name="held-out cos(grad harmful, grad benign)", value=0.08):
+def _with_mechanism(rec, installed, name="held-out cos(grad harmful, grad benign)", value=0.08, count=None):
     rec["mechanism"] = {"name": name, "value": value, "ci95": [value - 0.02, value + 0.02], "n": 8,
                         "criterion": "95% t interval over batches below 0", "installed": installed}
+    if count is not None:  # a share of items (defenses.base.share_installed) carries its count
+        rec["mechanism"]["count"] = count
     return rec
 
 
@@ -83,7 +85,7 @@ def test_headline_lists_a_defense_whose_mechanism_did_not_install_after_the_othe
             # seam looks safest (harm 0.2) but its coupling never installed: not ranked first
             _with_mechanism(make_record("seam", "advbench-100", harm=0.2, cap=0.9, cap0=0.9), False),
             _with_mechanism(make_record("sdd", "advbench-100", harm=0.5, cap=0.9, cap0=0.9), True,
-                            name="harmful prompts answered off-topic without refusing", value=0.86)]
+                            name="harmful prompts answered off-topic without refusing", value=0.86, count=55)]
     rep = report(tmp_path, recs)
     with (rep.out / "headline.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -93,6 +95,7 @@ def test_headline_lists_a_defense_whose_mechanism_did_not_install_after_the_othe
     assert by["seam"]["mechanism_state"] == "not installed" and "did not install" in by["seam"]["note"]
     assert by["sdd"]["mechanism_state"] == "installed" and "86%" in by["sdd"]["mechanism"]
     assert by["none"]["mechanism_state"] == "not measured"  # a record without the key predates the measurement
+    assert "+0.08" in by["seam"]["mechanism"]  # a number that is not a share reads as itself, not as 8%
     md = (rep.out / "headline.md").read_text()
     assert "NOT installed" in md and "mechanism installed" in md
 
@@ -222,10 +225,36 @@ def test_rejection_sentence_judge_counts_what_the_keyword_judge_cannot():
 def test_headline_reads_as_sentences(tmp_path):
     recs = [make_record("none", "advbench-100", harm=0.9, cap=0.9, cap0=0.9),
             _with_mechanism(make_record("sdd", "advbench-100", harm=0.5, cap=0.9, cap0=0.8), True,
-                            name="harmful prompts answered off-topic without refusing", value=0.86)]
+                            name="harmful prompts answered off-topic without refusing", value=0.86, count=55)]
     md = (report(tmp_path, recs).out / "headline.md").read_text()
     lines = md.split("## In words", 1)[1].strip().splitlines()
     sdd = next(line for line in lines if line.startswith("- **sdd**"))
     assert "breaks" in sdd and "advbench-100" in sdd and "differs from no defense" in sdd
     assert "against no defense's" in sdd and "its mechanism took hold" in sdd
     assert len(lines) == 2
+
+
+def test_booster_is_installed_only_when_the_harmful_step_surely_lowers_the_loss_less(monkeypatch):
+    from sdd_bench.defenses import booster as B
+    d = DEFENSES.get("booster").configure("tiny")
+    values = {"start": [0.30, 0.28, 0.33, 0.31], "defended": [0.10, 0.09, 0.12, 0.11]}
+    monkeypatch.setattr(B, "held_out_harmful", lambda n, seed: [])
+    monkeypatch.setattr(B, "harmful_step_drops", lambda ref, *a: values[ref])
+    m = d.mechanism(_probe(start="start", defended="defended"))
+    assert m["installed"] and m["ci95"][1] < 0 and m["paired_diff"] == pytest.approx(-0.2)
+    assert m["value"] == pytest.approx(0.105) and m["start_value"] == pytest.approx(0.305)
+    values["defended"] = [0.31, 0.27, 0.34, 0.30]  # the same drops up to noise: not installed
+    assert not d.mechanism(_probe(start="start", defended="defended"))["installed"]
+
+
+def test_booster_harmful_step_drops_on_the_tiny_model(tiny_ref):
+    """One normalised step down the harmful gradient lowers the harmful loss (first order: by about α‖g‖ > 0), on
+    held-out attack-partition pairs that Booster never trains on."""
+    from sdd_bench.defenses import booster as B
+    from sdd_bench.harness import data
+    cfg = DEFENSES.get("booster").configure("tiny").cfg
+    rows = B.held_out_harmful(2 * cfg.batch_size, 0)
+    trained = {data.normalize(r["prompt"]) for r in data.load("beavertails-defense")}
+    assert not trained & {data.normalize(r["prompt"]) for r in rows}
+    drops = B.harmful_step_drops(tiny_ref, rows, cfg, "chat", "cpu")
+    assert len(drops) == 2 and all(x > 0 for x in drops)
