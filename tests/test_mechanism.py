@@ -258,3 +258,29 @@ def test_booster_harmful_step_drops_on_the_tiny_model(tiny_ref):
     assert not trained & {data.normalize(r["prompt"]) for r in rows}
     drops = B.harmful_step_drops(tiny_ref, rows, cfg, "chat", "cpu")
     assert len(drops) == 2 and all(x > 0 for x in drops)
+
+
+def test_vaccine_and_t_vaccine_are_installed_only_when_the_perturbed_loss_surely_rises_less(monkeypatch):
+    from sdd_bench.defenses import vaccine as V
+    values = {"start": [0.50, 0.46, 0.55, 0.52], "defended": [0.20, 0.18, 0.25, 0.21]}
+    monkeypatch.setattr(V, "held_out_alignment", lambda n, seed: [])
+    monkeypatch.setattr(V, "perturbation_loss_rises", lambda ref, *a: values[ref])
+    for name, rho in (("vaccine", 2.0), ("t-vaccine", 3.0)):
+        m = DEFENSES.get(name).configure("tiny").mechanism(_probe(start="start", defended="defended"))
+        assert m["installed"] and m["ci95"][1] < 0 and m["rho"] == rho
+    values["defended"] = [0.52, 0.44, 0.56, 0.50]
+    assert not DEFENSES.get("vaccine").configure("tiny").mechanism(_probe(start="start", defended="defended"))[
+        "installed"]
+
+
+def test_vaccine_perturbation_raises_the_alignment_loss_on_the_tiny_model(tiny_ref):
+    """The worst-case ρ step along ∇_h L raises the held-out alignment loss (first order: by about ρ‖∇_h L‖ > 0);
+    the held-out pairs are the attack partition's safe answers, which no defense trains on."""
+    from sdd_bench.defenses import vaccine as V
+    from sdd_bench.harness import data
+    cfg = DEFENSES.get("vaccine").configure("tiny").cfg
+    rows = V.held_out_alignment(2 * cfg.batch_size, 0)
+    trained = {data.normalize(r["prompt"]) for r in data.load("beavertails-defense")}
+    assert len(rows) == 2 * cfg.batch_size and not trained & {data.normalize(r["prompt"]) for r in rows}
+    rises = V.perturbation_loss_rises(tiny_ref, rows, cfg, "chat", "cpu")
+    assert len(rises) == 2 and all(x > 0 for x in rises)
