@@ -284,3 +284,27 @@ def test_vaccine_perturbation_raises_the_alignment_loss_on_the_tiny_model(tiny_r
     assert len(rows) == 2 * cfg.batch_size and not trained & {data.normalize(r["prompt"]) for r in rows}
     rises = V.perturbation_loss_rises(tiny_ref, rows, cfg, "chat", "cpu")
     assert len(rises) == 2 and all(x > 0 for x in rises)
+
+
+def test_repnoise_is_installed_only_when_harmful_text_is_surely_less_predictable_at_every_layer(monkeypatch):
+    from sdd_bench.defenses import repnoise as RN
+    values = {"start": [3.0, 3.2, 2.9, 3.1], "defended": [5.0, 5.3, 4.8, 5.1]}
+    monkeypatch.setattr(RN, "held_out_pairs", lambda n, seed: [])
+    monkeypatch.setattr(RN, "harmful_information",
+                        lambda ref, *a: [{"harmful_loss_all_layers": v, "mmd": 0.1} for v in values[ref]])
+    d = DEFENSES.get("repnoise").configure("tiny")
+    m = d.mechanism(_probe(start="start", defended="defended"))
+    assert m["installed"] and m["ci95"][0] > 0 and m["paired_diff"] == pytest.approx(2.0)
+    values["defended"] = [3.1, 3.0, 3.0, 3.05]
+    assert not d.mechanism(_probe(start="start", defended="defended"))["installed"]
+
+
+def test_repnoise_harmful_information_on_the_tiny_model(tiny_ref):
+    from sdd_bench.defenses import repnoise as RN
+    cfg = DEFENSES.get("repnoise").configure("tiny").cfg
+    rows = RN.held_out_pairs(2 * cfg.batch_size, 0)
+    assert all(r["refusal"] and r["response"] for r in rows)
+    parts = RN.harmful_information(tiny_ref, rows, cfg, "chat", "cpu")
+    again = RN.harmful_information(tiny_ref, rows, cfg, "chat", "cpu")
+    assert len(parts) == 2 and parts == again  # deterministic, MMD noise included
+    assert all(p["harmful_loss_all_layers"] > 1 and p["mmd"] == p["mmd"] for p in parts)
