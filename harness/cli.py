@@ -222,6 +222,7 @@ def cmd_generate(args) -> int:
 
     t0 = time.time()
     store = Store(args.workdir)
+    store.check_no_legacy()
     cfg = build(GenConfig, {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
                             "do_sample": args.sample, "temperature": args.temperature, "top_p": args.top_p,
                             "seed": args.seed}, where="generate options")

@@ -414,7 +414,7 @@ def _history(store, published: dict | None = None) -> dict:
     return {k: statistics.median(v) for k, v in hist.items()}
 
 
-def plan(g: GridSpec, store, cells: list | None = None, published: dict | None = None) -> Plan:
+def plan(g: GridSpec, store, cells: list | None = None, published: dict | None = None, progress=None) -> Plan:
     """Probe the store for every cell without loading a model: finished cell (pointer), defended model,
     attacked model; estimate the remaining compute from this store's history or the profile's defaults.
     ``published`` (harness.publish.published_cells) adds the cells whose record is already published (a cell
@@ -436,7 +436,9 @@ def plan(g: GridSpec, store, cells: list | None = None, published: dict | None =
         v = hist.get(("defend", d.registry_name, getattr(d.cfg, "max_steps", None)))
         return v if v is not None else defend_estimate(g.profile, d.registry_name, d.cfg)
 
-    for spec in cells:
+    for i, spec in enumerate(cells, 1):
+        if progress is not None:
+            progress(i)
         r = resolve(spec)
         done = finished_record(store, r)  # corrupt pointers/records are moved aside (reported): the cell is planned
         if done is not None:
@@ -714,6 +716,7 @@ def records_of_grid(path: str | Path, workdir: str | Path) -> list[dict]:
     from .pipeline import finished_record, resolve
     from .store import Store
     store = Store(workdir)
+    store.check_no_legacy()
     out = []
     for spec in expand(load_grid(path), where=str(path)):
         done = finished_record(store, resolve(spec))
@@ -822,9 +825,9 @@ def cli_grid(args) -> int:
         raise ConfigError(f"{args.spec}: the grid has {len(cells):,} cells, more than {CONFIRM_CELLS}; look at "
                           f"`sdd-bench grid {args.spec} --plan` first, then run it with --yes.")
     store = Store(args.workdir)
+    store.check_no_legacy()  # even for --plan: planning reads artifacts, and a legacy one would be moved aside
     if not args.plan:  # outputs first: one line now rather than a failure after the first cell
         store.check_writable()
-        store.check_no_legacy()
         if args.publish:
             check_output_dir(Path(args.publish) / g.profile, "--publish")
         if args.records:
@@ -833,7 +836,9 @@ def cli_grid(args) -> int:
     if args.publish:
         from .publish import published_cells
         published = published_cells(args.publish, g.profile)
-    pl = plan(g, store, cells=cells, published=published)
+    prog = Progress(f"{args.spec}: planned", len(cells))
+    pl = plan(g, store, cells=cells, published=published, progress=prog)
+    prog.done(len(cells))
     if g.attacker_budget:
         print(budget_line(g, pl))
     print(pl.summary())

@@ -19,8 +19,9 @@ stage is rebuilt.  ``verify`` (``sdd-bench cache verify``) hashes everything.
 
 Legacy artifacts (written before manifests existed, no ``MANIFEST.json``) cannot be proven intact: a
 ``generations.jsonl`` cut at a line boundary still parses.  They are never read as intact.  ``get`` moves
-one aside (``.legacy-<key>-<time>``, reported in one line) so that the stage is rebuilt; ``run`` and ``grid``
-refuse, before any work, a work dir that holds any (:meth:`Store.legacy`), naming the two ways out:
+one aside (``.legacy-<key>-<time>``, reported in one line) so that the stage is rebuilt; every command that
+reads a work dir (except ``cache``) refuses, before any work, one that holds any (:meth:`Store.check_no_legacy`),
+naming the two ways out:
 ``sdd-bench cache verify`` reports them as unverifiable (exit 1), and ``cache verify --adopt`` runs the
 structural checks of :func:`structure_problem` (every JSON file parses; every JSONL row parses and the file
 ends with a newline; ``generations.jsonl`` / ``verdicts.jsonl`` have the row count their ``summary.json``

@@ -139,7 +139,7 @@ def test_legacy_weights_cut_to_100_bytes_fail_cache_verify(cell, capsys):
     assert "1 corrupt" in out and not mdir.exists()
 
 
-def test_intact_legacy_store_is_unverifiable_until_adopted_and_run_refuses_it(cell, capsys):
+def test_intact_legacy_store_is_unverifiable_until_adopted_and_run_refuses_it(cell, capsys, tmp_path):
     store, rec = cell
     _legacy(store)
     n = len(store.legacy())
@@ -148,6 +148,11 @@ def test_intact_legacy_store_is_unverifiable_until_adopted_and_run_refuses_it(ce
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and f"{n} artifact(s) written before manifests" in err[0]
     assert "cache verify --adopt" in err[0] and len(store.legacy()) == n  # nothing moved, nothing run
+    g = tmp_path / "g.yaml"
+    g.write_text("name: t\nprofile: tiny\ndefenses: [none]\nattacks: [none]\ncapability: false\n")
+    for cmd in (["grid", str(g), "--plan"], ["publish", "--to", str(tmp_path / "results")]):
+        assert main([*cmd, "--workdir", str(store.root)]) == 2  # a plan would have moved them aside
+        assert "written before manifests" in capsys.readouterr().err and len(store.legacy()) == n
     assert main(["cache", "verify", "--workdir", str(store.root), "--dry-run"]) == 1
     assert f"0 corrupt, {n} unverifiable" in capsys.readouterr().out
     assert main(["cache", "verify", "--workdir", str(store.root), "--adopt"]) == 0
