@@ -157,9 +157,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
-    loader.flatten_mapping(node)  # resolves YAML merge keys (<<) first: a merged key may be overridden
     seen: dict = {}
-    for key_node, _ in node.value:
+    for key_node, _ in node.value:  # the mapping's own keys: a key merged in with `<<` may be overridden
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
         key = loader.construct_object(key_node, deep=deep)
         try:
             first = seen.get(key)

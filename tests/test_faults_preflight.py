@@ -218,6 +218,8 @@ def test_duplicate_yaml_keys_are_an_error_not_last_wins(tmp_path, capsys):
     assert "duplicate key 'lr'" in _one_line(capsys) and not (tmp_path / "r").exists()
     with pytest.raises(ConfigError, match="duplicate key"):
         pipeline.spec_from_args(pipeline_args(["--attack-opt", "x={a: 1, a: 2}"]))
+    from sdd_bench.harness.config import yaml_load
+    assert yaml_load("b: &b {lr: 1, n: 2}\nx:\n  <<: *b\n  lr: 3\n")["x"] == {"lr": 3, "n": 2}  # a merge may be overridden
 
 
 def pipeline_args(extra: list[str]):
