@@ -186,8 +186,10 @@ class FinetuneAttack:
     @property
     def data_needs_store(self) -> bool:
         """Whether ``build_data`` can only run after ``prepare(store)`` (donor-built responses); the pipeline's
-        preflight then checks the inputs with :meth:`preflight` instead of building the data."""
-        return self.needs_store
+        preflight then checks the inputs with :meth:`preflight` instead of building the data.  A ``responses_file``
+        needs no store: its rows are read up front, so the overlap of its prompts with the evaluation prompts is
+        checked before the attack trains."""
+        return self.needs_store and not self.cfg.responses_file
 
     def prepare(self, store, device: str = "auto", progress: bool = True, log=print) -> None:
         """Build (or load from the store) the donor responses this attack trains on."""
@@ -211,6 +213,9 @@ class FinetuneAttack:
     def _load(self, name: str) -> list[dict]:
         if name != DONOR:
             return data.load(name)
+        if self._donor is None and self.cfg.responses_file:  # the user's file: no store needed
+            from .donor import build_responses
+            self._donor = build_responses(None, self.cfg, self.profile)
         if self._donor is None:
             raise ConfigError(f"attack {self.name!r} trains on donor-built AdvBench responses: call "
                               f"prepare(store) first (the pipeline does).")

@@ -636,6 +636,7 @@ def cli_capability(args) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1" if args.source == "local" else "0")
     t0 = time.time()
     store = Store(args.workdir)
+    store.check_no_legacy()
     limit = profile_limit(args.profile) if args.limit is None else (None if args.limit == 0 else args.limit)
     ref = models.materialize(args.model, store)
     art, hit = capability_stage(store, ref, tasks=args.tasks, limit=limit, num_fewshot=args.num_fewshot,

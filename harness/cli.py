@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 import time
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="also show each plugin's options and defaults")
 
     p = sub.add_parser("validate", help="validate a run or grid YAML config without running it (options, "
-                       "finite numbers, judge options, checksums of the datasets its cells use)")
+                       "finite numbers, judge options and credentials, checksums of every data file its cells read "
+                       "including capability tasks, prompt overlaps); reports progress on a large grid")
     p.add_argument("config")
 
     p = sub.add_parser("generate", help="generate answers of a model on a dataset's prompts (cached artifact)")
@@ -67,15 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="cache_cmd", metavar="ACTION")
     c = csub.add_parser("ls", help="list artifacts")
     c.add_argument("--workdir", default=os.environ.get("SDD_BENCH_WORKDIR", "runs"))
-    c = csub.add_parser("verify", help="hash every artifact against its manifest; move damaged ones aside (rebuilt "
-                                       "on the next run); exit 1 if any was damaged")
+    c = csub.add_parser("verify", help="hash every artifact against its manifest; move damaged ones and ones without a "
+                                       "manifest (written before manifests: unverifiable) aside, so they are rebuilt "
+                                       "on the next run; exit 1 if any could not be proven intact")
     c.add_argument("--workdir", default=os.environ.get("SDD_BENCH_WORKDIR", "runs"))
     c.add_argument("--dry-run", action="store_true", help="report only, move nothing")
+    c.add_argument("--adopt", action="store_true",
+                   help="keep artifacts without a manifest whose structural checks pass (JSON/JSONL parse, row counts "
+                        "against their summary, safetensors headers and tensor sizes) and write them a manifest; "
+                        "those that fail are corrupt (README: legacy artifacts)")
     c = csub.add_parser("prune", help="remove incomplete, temp and corrupt artifacts (never a live run's temp dir; "
                                       "with options, complete ones too)")
     c.add_argument("--workdir", default=os.environ.get("SDD_BENCH_WORKDIR", "runs"))
     c.add_argument("--stage", help="remove every artifact of this stage")
-    c.add_argument("--older-than", type=float, help="days: remove artifacts older than this")
+    c.add_argument("--older-than", type=float, metavar="DAYS",
+                   help="remove complete artifacts older than DAYS (a positive number; --all removes everything)")
     c.add_argument("--all", action="store_true", help="remove everything")
     c.add_argument("--dry-run", action="store_true")
 
@@ -94,12 +102,43 @@ EXTENSIONS = ("sdd_bench.harness.pipeline", "sdd_bench.harness.grid", "sdd_bench
               "sdd_bench.leaderboards.regress")
 
 
+def _flag_names(parser: argparse.ArgumentParser, out: dict | None = None) -> dict[str, str]:
+    """dest → how the user wrote it (``--workdir``, or the positional's metavar), over every sub-command."""
+    out = {} if out is None else out
+    for a in parser._actions:  # argparse keeps no public list of a parser's actions
+        if isinstance(a, argparse._SubParsersAction):
+            for sp in a.choices.values():
+                _flag_names(sp, out)
+        elif a.dest not in out:
+            out[a.dest] = a.option_strings[-1] if a.option_strings else (a.metavar or a.dest)
+    return out
+
+
+def check_empty_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """No option takes an empty string: ``--workdir ""`` would write the store into the current directory,
+    ``--out ""`` nowhere.  One line naming the option (an unset environment default such as
+    ``SDD_BENCH_WORKDIR=`` is caught here too)."""
+    names = None
+    for dest, value in vars(args).items():
+        vals = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in vals):
+            names = names or _flag_names(ap)
+            flag = names.get(dest, dest)
+            env = " (or the environment variable SDD_BENCH_WORKDIR, which is set but empty)" if dest == "workdir" else ""
+            raise SddBenchError(f"{flag} is empty{env}; give a value, or leave the option out for its default.")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     if not args.cmd:
         ap.print_help()
         return 0
+    try:
+        check_empty_args(ap, args)
+    except SddBenchError as err:
+        print(f"sdd-bench: error: {err}", file=sys.stderr)
+        return 2
     # library deprecation notices (transformers' gradient_checkpointing → activation_checkpointing renames, raised
     # inside Trainer) say nothing to a benchmark user; our own calls use the current names
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|trl)(\..*)?$")
@@ -118,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # I/O, permissions, disk full: one line naming the path and the fix
         from .store import os_error_line
         print(f"sdd-bench: error: {os_error_line(err)}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a library's wrapped I/O error (SafetensorError on a full disk): one line too
+        from .store import as_os_error, os_error_line
+        oserr = as_os_error(err)
+        if oserr is None:
+            raise
+        print(f"sdd-bench: error: {os_error_line(oserr)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sdd-bench: interrupted; finished stages are kept in the store, unfinished ones were discarded.",
@@ -154,11 +200,14 @@ def cmd_validate(args) -> int:
     data = load_yaml(args.config)
     from . import grid
     if grid.is_grid(data):
-        g = grid.grid_from_mapping(data, where=args.config)
-        cells = grid.expand(g)
-        for spec in cells:  # the datasets every cell will touch (checksums; cached after the first cell)
-            pipeline.preflight_data(pipeline.resolve(spec))
-        print(f"{args.config}: valid grid {g.name!r} ({len(cells)} cells, profile {g.profile})")
+        cells: list = []
+        g = grid.grid_from_mapping(data, where=args.config, cells_out=cells,
+                                   progress=grid.Progress(f"validate {args.config}: expanded"))
+        # every cell's data files (checksums; cached after the first cell), overlaps, judges' data and credentials
+        grid.preflight_cells(cells, what=f"validate {args.config}: checked")
+        big = f"; more than {grid.CONFIRM_CELLS}, so `grid` runs it only with --yes" \
+            if len(cells) > grid.CONFIRM_CELLS else ""
+        print(f"{args.config}: valid grid {g.name!r} ({len(cells)} cells, profile {g.profile}{big})")
         return 0
     summary = pipeline.validate_config(data, where=args.config)
     print(f"{args.config}: valid ({summary})")
@@ -173,6 +222,7 @@ def cmd_generate(args) -> int:
 
     t0 = time.time()
     store = Store(args.workdir)
+    store.check_no_legacy()
     cfg = build(GenConfig, {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
                             "do_sample": args.sample, "temperature": args.temperature, "top_p": args.top_p,
                             "seed": args.seed}, where="generate options")
@@ -198,30 +248,47 @@ def cmd_generate(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from .store import Store
+    from .store import LEGACY, MANIFEST, Store
     store = Store(args.workdir)
     if args.cache_cmd in (None, "ls"):
         rows = store.list(check=True)  # sizes against each manifest; `cache verify` also hashes
         total = 0
         for r in rows:
             total += r["bytes"]
-            state = ("CORRUPT" if r.get("problem") else "ok") if r["complete"] else (
-                "CORRUPT" if r["corrupt"] else "INCOMPLETE")
+            state = (("LEGACY" if r.get("problem") == LEGACY else "CORRUPT") if r.get("problem") else "ok") \
+                if r["complete"] else ("CORRUPT" if r["corrupt"] else "INCOMPLETE")
             print(f"{r['stage']:12s} {r['key']:34s} {r['bytes'] / 1e6:10.1f} MB  {state:10s} "
                   f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['mtime']))}")
         print(f"{len(rows)} artifacts, {total / 1e6:.1f} MB in {store.root}")
         for r in rows:
-            if r.get("problem"):
+            if r.get("problem") == LEGACY:
+                print(f"LEGACY {r['stage']}/{r['key']}: {r['problem']} (`sdd-bench cache verify --adopt` checks its "
+                      f"structure and keeps it; `sdd-bench cache verify` moves it aside to be rebuilt)")
+            elif r.get("problem"):
                 print(f"CORRUPT {r['stage']}/{r['key']}: {r['problem']} (`sdd-bench cache verify` moves it aside; "
                       f"the next run rebuilds it)")
         return 0
     if args.cache_cmd == "verify":
         n = sum(r["complete"] for r in store.list())
-        bad = store.verify(move_aside=not args.dry_run)
+        adopted: list = []
+        bad = store.verify(move_aside=not args.dry_run, adopt=args.adopt and not args.dry_run, adopted=adopted)
+        aside = "" if args.dry_run else " (moved aside)"
+        for r in adopted:
+            print(f"ADOPTED {r['stage']}/{r['key']}: no {MANIFEST}; its structural checks pass, a manifest was written")
         for r in bad:
-            print(f"CORRUPT {r['stage']}/{r['key']}: {r['problem']}" + ("" if args.dry_run else " (moved aside)"))
-        print(f"verified {n} artifacts in {store.root}: {n - len(bad)} ok, {len(bad)} corrupt")
+            if r["legacy"]:
+                print(f"UNVERIFIABLE {r['stage']}/{r['key']}: {r['problem']}{aside}; "
+                      f"`--adopt` keeps it if its structural checks pass")
+            else:
+                print(f"CORRUPT {r['stage']}/{r['key']}: {r['problem']}{aside}")
+        nleg = sum(r["legacy"] for r in bad)
+        print(f"verified {n} artifacts in {store.root}: {n - len(bad)} ok"
+              + (f" ({len(adopted)} adopted)" if adopted else "")
+              + f", {len(bad) - nleg} corrupt, {nleg} unverifiable")
         return 1 if bad else 0
+    if args.older_than is not None and not (math.isfinite(args.older_than) and args.older_than > 0):
+        raise SddBenchError(f"--older-than must be a positive number of days, got {args.older_than:g}; "
+                            f"to remove every artifact use --all.")
     removed = store.prune(stage=args.stage, older_than_s=args.older_than * 86400 if args.older_than else None,
                           everything=args.all, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"

@@ -152,15 +152,45 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (PyYAML keeps the last silently)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict = {}
+    for key_node, _ in node.value:  # the mapping's own keys: a key merged in with `<<` may be overridden
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: SafeLoader's own message follows
+            break
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first given at line {first}); keep one of them",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def yaml_load(text: str):
+    """``yaml.safe_load`` that fails on duplicate mapping keys (a raised ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` from the command line; the value is parsed as YAML (so 1e-5, true, [a,b] work)."""
     if "=" not in text:
         raise ConfigError(f"Override {text!r} must look like key=value (e.g. lr=1e-5).")
     k, _, v = text.partition("=")
     try:
-        val = yaml.safe_load(v)
+        val = yaml_load(v)
     except yaml.YAMLError as err:
-        raise ConfigError(f"Override {text!r}: value is not valid YAML ({err}).") from err
+        raise ConfigError(f"Override {text!r}: value is not valid YAML ({getattr(err, 'problem', None) or err}).") from err
     if isinstance(val, str):
         # YAML 1.1 reads "1e-5" as a string; accept numeric-looking strings as floats
         try:
@@ -170,12 +200,50 @@ def parse_override(text: str) -> tuple[str, Any]:
     return k.strip(), val
 
 
+# Largest config file read (bytes).  Our choice: the biggest shipped config (configs/) is under 4 KiB and a grid of
+# 10,000 cells written out by hand is under 1 MiB; anything larger is not a config (e.g. `--config /dev/zero`).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_config_text(path: str | Path) -> str:
+    """The text of a config file, or one ``ConfigError``: empty path, missing, not a regular file (a device, FIFO or
+    directory), larger than ``MAX_CONFIG_BYTES``, unreadable, or not UTF-8."""
+    if not str(path).strip():
+        raise ConfigError("The config path is empty; give a YAML file (e.g. configs/example_run.yaml).")
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {str(p)!r} does not exist.") from None
+    except OSError as err:
+        raise ConfigError(f"Config file {str(p)!r} cannot be read: {err.strerror or err}.") from None
+    import stat as _stat
+    if not _stat.S_ISREG(st.st_mode):
+        kind = "a directory" if _stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+        raise ConfigError(f"Config file {str(p)!r} is {kind}; give a YAML file.")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"Config file {str(p)!r} has {st.st_size:,} bytes, more than the {MAX_CONFIG_BYTES:,} a "
+                          f"config may have; it is not a config file (give the YAML spec).")
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded even if the file grows after the stat
+    except OSError as err:
+        raise ConfigError(f"Config file {str(p)!r} cannot be read: {err.strerror or err}.") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"Config file {str(p)!r} has more than {MAX_CONFIG_BYTES:,} bytes; it is not a config file.")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{raw[err.start]:02x} at line {line}, byte offset {err.start}); "
+                          f"save the file as UTF-8.") from None
+
+
 def load_yaml(path: str | Path) -> dict:
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"Config file {str(p)!r} does not exist.")
+    text = read_config_text(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         loc = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -28,6 +28,7 @@ scaled by its configured work (:func:`defend_estimate`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import sys
@@ -67,15 +68,53 @@ def is_grid(data: dict) -> bool:
     return bool(GRID_KEYS & set(data))
 
 
-def load_grid(path: str | Path) -> GridSpec:
+# A grid with more cells than this is run only with ``--yes`` (our choice: the largest shipped grid has 44 cells and a
+# smoke cell takes minutes, so 500 cells is days of compute; a typo in a sweep multiplies cells silently).
+CONFIRM_CELLS = 500
+# ``grid`` / ``grid --plan`` print at most this many rows of the plan table unless ``--all-rows`` (our choice: a
+# screenful or two; the summary line always counts every cell).
+PLAN_ROWS = 200
+# ``validate`` and ``grid`` report their progress through a grid's cells at most this often (seconds; our choice):
+# a grid that checks in less time prints nothing extra.
+PROGRESS_EVERY_S = 5.0
+
+
+class Progress:
+    """``what: i/total cells (elapsed)`` on stderr at most every ``PROGRESS_EVERY_S`` seconds, and once at the end
+    if anything was printed before."""
+
+    def __init__(self, what: str, total: int | None = None, stream=None):
+        self.what, self.total, self.stream = what, total, stream
+        self.t0 = self.last = time.time()
+        self.printed = False
+
+    def _line(self, i: int) -> None:
+        tot = f"/{self.total:,}" if self.total is not None else ""
+        print(f"{self.what}: {i:,}{tot} cells ({time.time() - self.t0:.0f}s)", file=self.stream or sys.stderr,
+              flush=True)
+        self.printed = True
+
+    def __call__(self, i: int) -> None:
+        now = time.time()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            self._line(i)
+
+    def done(self, i: int) -> None:
+        if self.printed:
+            self._line(i)
+
+
+def load_grid(path: str | Path, cells_out: list | None = None, progress=None) -> GridSpec:
+    """The grid spec of a YAML file, validated down to every cell (``cells_out`` receives the expanded cells)."""
     data = C.load_yaml(path)
     if not is_grid(data):
         raise ConfigError(f"{path}: not a grid spec (a grid has `defenses:` and `attacks:` lists; a single run "
                           f"spec is run with `sdd-bench run --config`).")
-    return grid_from_mapping(data, where=str(path))
+    return grid_from_mapping(data, where=str(path), cells_out=cells_out, progress=progress)
 
 
-def grid_from_mapping(data: dict, where: str = "grid") -> GridSpec:
+def grid_from_mapping(data: dict, where: str = "grid", cells_out: list | None = None, progress=None) -> GridSpec:
     g = C.build(GridSpec, data, where=where)
     for k in ("defenses", "attacks", "seeds"):
         if not getattr(g, k):
@@ -89,7 +128,9 @@ def grid_from_mapping(data: dict, where: str = "grid") -> GridSpec:
             budget.get(g.attacker_budget)
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
-    expand(g, where=where)  # validates every cell (names, options, sweeps)
+    cells = expand(g, where=where, progress=progress)  # validates every cell (names, options, sweeps)
+    if cells_out is not None:
+        cells_out.extend(cells)
     return g
 
 
@@ -136,7 +177,7 @@ def _budget_variants(g: GridSpec, variants: list[tuple[str, dict]], seed: int, w
             for o in budget.expand_attack(g.attacker_budget, name, opts, g.profile, seed, where=where)]
 
 
-def expand(g: GridSpec, where: str = "grid") -> list:
+def expand(g: GridSpec, where: str = "grid", progress=None) -> list:
     """Cells as RunSpecs, in a cache-friendly order (defense-major, so each defended model is built once).
     Each spec is normalized (options equal to their defaults dropped), so two spellings of one resolved
     configuration (``advbench-100`` and ``advbench-100 {lr: 5e-5}``) are one cell, trained once."""
@@ -167,6 +208,8 @@ def expand(g: GridSpec, where: str = "grid") -> list:
                         if k not in seen:
                             seen.add(k)
                             cells.append(spec)
+                            if progress is not None:
+                                progress(len(cells))
     return cells
 
 
@@ -312,13 +355,17 @@ class Plan:
         return (f"grid {self.grid.name!r} (profile {self.grid.profile}): {n} cells, {done} finished{pub_s}, {part} partly "
                 f"cached, {n - done - part} to run; estimated remaining compute {est_s}")
 
-    def table(self) -> str:
-        w = max([60] + [len(label(c.spec)) for c in self.cells])  # never cut: the name is the cell's identity
+    def table(self, max_rows: int | None = None) -> str:
+        """One row per cell; with ``max_rows``, the first ``max_rows`` and a line counting the rest."""
+        shown = self.cells if max_rows is None else self.cells[:max_rows]
+        w = max([60] + [len(label(c.spec)) for c in shown])  # never cut: the name is the cell's identity
         lines = [f"{'cell':{w}s} {'state':9s} {'defend':8s} {'attack':8s} {'estimate':>10s}"]
-        for c in self.cells:
+        for c in shown:
             est = "-" if c.state in FINISHED else ("?" if c.estimate_s is None else _fmt_s(c.estimate_s))
             lines.append(f"{label(c.spec):{w}s} {c.state:9s} {c.stages.get('defend', '-'):8s} "
                          f"{c.stages.get('attack', '-'):8s} {est:>10s}")
+        if len(shown) < len(self.cells):
+            lines.append(f"... {len(self.cells) - len(shown):,} more cells not shown (--all-rows prints every row)")
         return "\n".join(lines)
 
 
@@ -367,7 +414,7 @@ def _history(store, published: dict | None = None) -> dict:
     return {k: statistics.median(v) for k, v in hist.items()}
 
 
-def plan(g: GridSpec, store, cells: list | None = None, published: dict | None = None) -> Plan:
+def plan(g: GridSpec, store, cells: list | None = None, published: dict | None = None, progress=None) -> Plan:
     """Probe the store for every cell without loading a model: finished cell (pointer), defended model,
     attacked model; estimate the remaining compute from this store's history or the profile's defaults.
     ``published`` (harness.publish.published_cells) adds the cells whose record is already published (a cell
@@ -389,7 +436,9 @@ def plan(g: GridSpec, store, cells: list | None = None, published: dict | None =
         v = hist.get(("defend", d.registry_name, getattr(d.cfg, "max_steps", None)))
         return v if v is not None else defend_estimate(g.profile, d.registry_name, d.cfg)
 
-    for spec in cells:
+    for i, spec in enumerate(cells, 1):
+        if progress is not None:
+            progress(i)
         r = resolve(spec)
         done = finished_record(store, r)  # corrupt pointers/records are moved aside (reported): the cell is planned
         if done is not None:
@@ -667,6 +716,7 @@ def records_of_grid(path: str | Path, workdir: str | Path) -> list[dict]:
     from .pipeline import finished_record, resolve
     from .store import Store
     store = Store(workdir)
+    store.check_no_legacy()
     out = []
     for spec in expand(load_grid(path), where=str(path)):
         done = finished_record(store, resolve(spec))
@@ -683,6 +733,10 @@ def register_cli(sub, add_common) -> dict:
                                    "missing cells. Kill it at any point and re-run: finished stages are not redone.")
     p.add_argument("spec", help="grid YAML (e.g. configs/sdd_grid_smoke.yaml)")
     p.add_argument("--plan", action="store_true", help="show the plan and exit")
+    p.add_argument("--all-rows", action="store_true",
+                   help=f"print every row of the plan table (default: the first {PLAN_ROWS})")
+    p.add_argument("--yes", action="store_true",
+                   help=f"run a grid of more than {CONFIRM_CELLS} cells (refused without it)")
     p.add_argument("--attacker-budget", metavar="NAME", help="expand each fine-tuning attack into an attacker budget's "
                    "sweep: small | paper | strong (overrides the spec's attacker_budget; docs/attacker_budget.md)")
     p.add_argument("--executor", choices=("local", "ray"), help="override the spec's executor")
@@ -720,8 +774,8 @@ def parse_deadline(until: str | None, max_minutes: float | None, now: float | No
     """``--until HH:MM`` (local time today) or ``--max-minutes N`` → epoch seconds; None without either."""
     now = time.time() if now is None else now
     if max_minutes is not None:
-        if max_minutes <= 0:
-            raise ConfigError(f"--max-minutes must be positive, got {max_minutes:g}.")
+        if not math.isfinite(max_minutes) or max_minutes <= 0:
+            raise ConfigError(f"--max-minutes must be a positive number of minutes, got {max_minutes:g}.")
         return now + 60.0 * max_minutes
     if until is None:
         return None
@@ -740,31 +794,59 @@ def parse_deadline(until: str | None, max_minutes: float | None, now: float | No
     return t
 
 
+def preflight_cells(cells: list, what: str = "grid: checked") -> None:
+    """:func:`pipeline.preflight` of every cell (data files and checksums, prompt overlaps, judges' data and
+    credentials), reporting progress on a large grid; the first problem is raised in one line naming the cell."""
+    from .pipeline import preflight, resolve
+    prog = Progress(what, len(cells))
+    for i, spec in enumerate(cells, 1):
+        try:
+            preflight(resolve(spec))
+        except SddBenchError as err:
+            raise type(err)(f"cell {label(spec)}: {err}") from None
+        prog(i)
+    prog.done(len(cells))
+
+
 def cli_grid(args) -> int:
-    from .store import Store, dumps_strict
-    g = load_grid(args.spec)
+    from .store import Store, check_output_dir, check_output_file, dumps_strict
+    t0 = time.time()
+    deadline = parse_deadline(args.until, args.max_minutes, now=t0)  # a bad deadline before minutes of expansion
+    cells: list = []
+    g = load_grid(args.spec, cells_out=cells, progress=Progress(f"{args.spec}: expanded"))
     if getattr(args, "attacker_budget", None):
         from . import budget
         budget.get(args.attacker_budget)
         g = C.replace(g, attacker_budget=args.attacker_budget)
-        expand(g, where=str(args.spec))  # the expanded cells validated before the work dir is touched
+        cells = expand(g, where=str(args.spec), progress=Progress(f"{args.spec}: expanded"))
     if args.ray_address:
         g = C.replace(g, ray={**g.ray, "address": args.ray_address}, executor="ray")
+    if len(cells) > CONFIRM_CELLS and not args.plan and not args.yes:
+        raise ConfigError(f"{args.spec}: the grid has {len(cells):,} cells, more than {CONFIRM_CELLS}; look at "
+                          f"`sdd-bench grid {args.spec} --plan` first, then run it with --yes.")
     store = Store(args.workdir)
-    t0 = time.time()
-    deadline = parse_deadline(args.until, args.max_minutes, now=t0)
+    store.check_no_legacy()  # even for --plan: planning reads artifacts, and a legacy one would be moved aside
+    if not args.plan:  # outputs first: one line now rather than a failure after the first cell
+        store.check_writable()
+        if args.publish:
+            check_output_dir(Path(args.publish) / g.profile, "--publish")
+        if args.records:
+            check_output_file(args.records, "--records")
     published = None
     if args.publish:
         from .publish import published_cells
         published = published_cells(args.publish, g.profile)
-    pl = plan(g, store, published=published)
+    prog = Progress(f"{args.spec}: planned", len(cells))
+    pl = plan(g, store, cells=cells, published=published, progress=prog)
+    prog.done(len(cells))
     if g.attacker_budget:
         print(budget_line(g, pl))
     print(pl.summary())
     print(pl.stage_line())
-    print(pl.table())
+    print(pl.table(max_rows=None if args.all_rows else PLAN_ROWS))
     if args.plan:
         return 0
+    preflight_cells([c.spec for c in pl.cells if c.state not in FINISHED])  # every cell's inputs before any work
     if args.publish and not args.allow_dirty:
         from .provenance import from_commit, git_hash
         git = git_hash()
@@ -788,7 +870,6 @@ def cli_grid(args) -> int:
     if deadline is not None:
         print(f"deadline {time.strftime('%H:%M', time.localtime(deadline))} local time: a cell starts only if its "
               f"planned time fits")
-    store.check_writable()  # one line now rather than one failure per cell
     results = run_grid(g, store, executor=args.executor, progress=not args.quiet, fail_fast=args.fail_fast,
                        deadline=deadline, on_result=publish if args.publish else None, published=published)
     failed = [r for r in results if r.error]

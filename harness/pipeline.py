@@ -150,12 +150,21 @@ def resolve(spec: RunSpec) -> Resolved:
         raise ConfigError("attack options were given but the attack is 'none'.")
     for j in spec.judges:
         JUDGES.canonical(j)
+    running = {JUDGES.canonical(j) for j in (*BASE_JUDGES, *spec.judges, *HARMFUL_ONLY_JUDGES)}
     for j, opts in spec.judge_options.items():  # checked here, not when the judge first runs
         cls = JUDGES.get(j)
         if not isinstance(opts, dict):
             raise ConfigError(f"judge_options.{j} must be a mapping of options, got {opts!r}.")
+        if JUDGES.canonical(j) not in running:  # its options would be silently ignored
+            raise ConfigError(f"judge options were given for {j!r}, which this run does not use (judges: "
+                              f"{', '.join(spec.judges) or 'none'}; always run: {', '.join(BASE_JUDGES)}, "
+                              f"{', '.join(HARMFUL_ONLY_JUDGES)}); add it to the judges (e.g. --judges "
+                              f"{','.join([*spec.judges, j])}) or drop its options.")
         if cls.Config is not None:
             C.build(cls.Config, opts, where=f"judge {j!r}")
+    if len({JUDGES.canonical(j) for j in spec.judge_options}) < len(spec.judge_options):
+        raise ConfigError(f"judge options name one judge twice (an alias and its name): {sorted(spec.judge_options)}; "
+                          f"merge them under one name.")
     norm = normalize(spec)  # after validation, so a bad option is reported with its plugin's message
     if norm != spec:
         return resolve(norm)
@@ -264,8 +273,45 @@ def eval_sets(prof, spec: RunSpec) -> dict[str, tuple[str, list[dict]]]:
 
 
 def preflight_data(r: Resolved) -> dict:
-    """Load (and so checksum) every dataset the cell will touch before any work; returns the eval sets."""
+    """Load (and so checksum) every dataset the cell will touch before any work, and check its judges' data and
+    credentials (``validate``, ``grid``); returns the eval sets."""
     return preflight(r)[0]
+
+
+def judge_options(spec: RunSpec, name: str) -> dict | None:
+    """The options given for judge ``name``, under its name or one of its aliases (``gpt4`` is ``rubric``)."""
+    from .registry import JUDGES
+    want = JUDGES.canonical(name)
+    for k, v in spec.judge_options.items():
+        if JUDGES.canonical(k) == want:
+            return v
+    return None
+
+
+def cell_judges(spec: RunSpec) -> list[str]:
+    """Every judge a cell runs: the base judges on every prompt set, its harmfulness judges and
+    ``HARMFUL_ONLY_JUDGES`` on the harmful prompts."""
+    return list(dict.fromkeys([*BASE_JUDGES, *spec.judges, *HARMFUL_ONLY_JUDGES]))
+
+
+def preflight_judges(r: Resolved) -> None:
+    """Every judge the cell runs, built with its options and asked to check what it needs (its data files, the
+    rubric judge's key and endpoint URL; ``Judge.preflight``), before any work."""
+    from sdd_bench.judges.base import make_judge
+    for jn in cell_judges(r.spec):
+        make_judge(jn, judge_options(r.spec, jn), store=None, device="cpu").preflight()
+
+
+def preflight_capability(r: Resolved) -> None:
+    """The capability stage's data files (checksums) and lm-eval, when the cell runs that stage."""
+    if not r.spec.capability or not r.profile.capability_tasks:
+        return
+    from . import capability as cap
+    from . import data
+    for t in cap.resolve_tasks(list(r.profile.capability_tasks)):
+        for rel in cap.TASK_SPECS[t].files:
+            data.data_file(rel, dataset=f"capability:{t}")
+    cap._lm_eval_version()  # raises in one line when lm-eval is not installed
 
 
 def _defender_side(group: str) -> bool:
@@ -308,12 +354,19 @@ def check_disjoint(r: Resolved, sets: dict, built: dict) -> dict:
     return overlap
 
 
-def preflight(r: Resolved) -> tuple[dict, dict, dict]:
-    """``preflight_data``, also returning the defense and attack data it built (role → ``build_data``'s result:
-    ``defense``, ``base_defense``, ``attack``) and their overlap report, so the record's provenance reuses them
-    instead of building them again.  An attack on donor-built responses is only checked here (its data needs the
-    store): it has no entry, and provenance checks it once attack_stage has built it."""
+def preflight(r: Resolved, *, judges: bool = True) -> tuple[dict, dict, dict]:
+    """Everything about a cell that can be checked before work: every data file it reads (evaluation sets, defense
+    and attack data, the BFT task's split, the capability tasks' files; checksums), the disjointness of defender,
+    attacker and evaluation prompts (a ``responses_file`` too), and, with ``judges``, every judge's data and
+    credentials (:func:`preflight_judges`; ``run_cell`` skips them for a cell already finished, which needs none).
+    Returns the evaluation sets, the defense and attack data it built (role → ``build_data``'s result: ``defense``,
+    ``base_defense``, ``attack``) and their overlap report, so the record's provenance reuses them instead of
+    building them again.  An attack on donor-built responses is only checked here (its data needs the store): it
+    has no entry, and provenance checks it once attack_stage has built it."""
     sets = eval_sets(r.profile, r.spec)
+    preflight_capability(r)
+    if judges:
+        preflight_judges(r)
     built: dict[str, Any] = {}
     for role, d in (("base_defense", r.base_defense), ("defense", r.defense)):
         if d is not None and not getattr(d, "identity", False) and hasattr(d, "build_data"):
@@ -390,7 +443,7 @@ def evaluate(store, ref, r: Resolved, sets, log, progress=True) -> tuple[dict, d
                                                           if name == "harmful" else [])))
         by_judge: dict[str, list[dict]] = {}
         for jn in judges:
-            j = make_judge(jn, spec.judge_options.get(jn), store=store, device="cpu")
+            j = make_judge(jn, judge_options(spec, jn), store=store, device="cpu")
             jart, jhit = judge_stage(store, gart, jn, judge=j)
             arts[f"judge/{name}/{jn}"] = jart.ref()
             verdicts = by_judge[jn] = load_verdicts(jart)
@@ -515,7 +568,9 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
 
     r = resolve(spec)
     spec = r.spec  # normalized: options at their defaults are not part of the cell
-    sets, built, overlap = preflight(r)  # bad data fails here, before any training; the data is reused below
+    # bad data, keys or URLs fail here, before any training; the data is reused below.  A finished cell's judges are
+    # cached: re-reading it needs no credentials.
+    sets, built, overlap = preflight(r, judges=finished_record(store, r) is None)
     timings: dict[str, float] = {}
     t_all = time.time()
     t0 = time.time()
@@ -1026,6 +1081,10 @@ def cli_run(args) -> int:
         budget_specs(spec, args.attacker_budget)
     store = Store(args.workdir)
     store.check_writable()
+    store.check_no_legacy()  # artifacts that cannot be proven intact: the user chooses, before any work
+    if args.out:
+        from .store import check_output_file
+        check_output_file(args.out, "--out")
     if getattr(args, "attacker_budget", None):
         return cli_run_budget(args, spec, store)
     t0 = time.time()

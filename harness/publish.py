@@ -425,6 +425,7 @@ def store_records(workdir: str | Path) -> list[tuple[dict, str]]:
     """(record, ref) of every completed record artifact of a work dir, in key order."""
     from .store import Store
     store = Store(workdir)
+    store.check_no_legacy()  # a legacy record would be moved aside by get(): the user chooses first
     rdir = store.root / "record"
     out = []
     if rdir.is_dir():
@@ -441,6 +442,7 @@ def grid_records(spec_path: str | Path, workdir: str | Path) -> list[tuple[dict,
     from .pipeline import finished_record, resolve
     from .store import Store
     store = Store(workdir)
+    store.check_no_legacy()
     out = []
     for spec in expand(load_grid(spec_path), where=str(spec_path)):
         done = finished_record(store, resolve(spec))

@@ -15,8 +15,19 @@ dirs of keys whose lock is held (a live run).
 Integrity: reading an artifact (``get``) checks the size of every file in its manifest, and
 the sha256 of files up to ``HASH_LIMIT`` bytes; a damaged artifact is reported in one line,
 moved aside to ``workdir/<stage>/.corrupt-<key>-<time>/`` and treated as missing, so the
-stage is rebuilt.  Artifacts written before manifests existed are checked as far as possible
-(their JSON files must parse).  ``verify`` (``sdd-bench cache verify``) hashes everything.
+stage is rebuilt.  ``verify`` (``sdd-bench cache verify``) hashes everything.
+
+Legacy artifacts (written before manifests existed, no ``MANIFEST.json``) cannot be proven intact: a
+``generations.jsonl`` cut at a line boundary still parses.  They are never read as intact.  ``get`` moves
+one aside (``.legacy-<key>-<time>``, reported in one line) so that the stage is rebuilt; every command that
+reads a work dir (except ``cache``) refuses, before any work, one that holds any (:meth:`Store.check_no_legacy`),
+naming the two ways out:
+``sdd-bench cache verify`` reports them as unverifiable (exit 1), and ``cache verify --adopt`` runs the
+structural checks of :func:`structure_problem` (every JSON file parses; every JSONL row parses and the file
+ends with a newline; ``generations.jsonl`` / ``verdicts.jsonl`` have the row count their ``summary.json``
+and ``spec.json`` state; every safetensors header parses and its tensors' byte sizes fill the file exactly;
+every zip-format torch file passes its CRC check; every shard a ``*.index.json`` names exists) and gives each
+legacy artifact that passes them a manifest of its current content; one that fails them is corrupt.
 """
 from __future__ import annotations
 
@@ -61,8 +72,8 @@ def stage_key(stage: str, spec: dict, inputs: list[str] | tuple[str, ...] = ()) 
     return h.hexdigest()[:20]
 
 
-def os_error_line(err: OSError, path: str | Path | None = None) -> str:
-    """One line naming the path and the fix for an I/O error."""
+def os_error_line(err: OSError, path: str | Path | None = None, flag: str = "--workdir") -> str:
+    """One line naming the path and the fix for an I/O error (``flag``: the option that chose the path)."""
     where = path or err.filename or "?"
     fix = {errno.EACCES: "make it writable (chmod/chown) or pass --workdir to a writable directory",
            errno.EPERM: "make it writable (chmod/chown) or pass --workdir to a writable directory",
@@ -72,7 +83,66 @@ def os_error_line(err: OSError, path: str | Path | None = None) -> str:
            errno.ENOTDIR: "a part of the path is a file, not a directory; pass --workdir to a directory",
            errno.ENOENT: "it does not exist; check the path"}.get(
         err.errno, "check the path and its permissions, or pass --workdir to a writable directory")
-    return f"{where}: {err.strerror or err}; {fix}."
+    return f"{where}: {err.strerror or err}; {fix.replace('--workdir', flag)}."
+
+
+def _probe_dir(d: Path) -> None:
+    """Create ``d`` (and its parents) and write and remove a probe file in it; raises the ``OSError``."""
+    d.mkdir(parents=True, exist_ok=True)
+    probe = d / f".sdd-bench-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    probe.write_text("ok")
+    probe.unlink()
+
+
+def check_output_dir(path: str | Path, flag: str) -> None:
+    """Fail in one line, before any work, when the output directory ``path`` (given by option ``flag``) cannot be
+    created or written."""
+    if not str(path).strip():
+        raise StoreError(f"{flag} is empty; give a directory.")
+    p = Path(path).expanduser()
+    try:
+        if p.exists() and not p.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(p))
+        _probe_dir(p)
+    except OSError as err:
+        raise StoreError(f"{flag} {path} is not writable: {os_error_line(err, err.filename or p, flag)}") from err
+
+
+def check_output_file(path: str | Path, flag: str) -> None:
+    """Fail in one line, before any work, when the file ``path`` (option ``flag``) cannot be written: it is a
+    directory, its directory cannot be created or written, or it exists read-only.  Nothing is left behind except
+    the file's directory."""
+    if not str(path).strip():
+        raise StoreError(f"{flag} is empty; give a file path.")
+    p = Path(path).expanduser()
+    try:
+        if p.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(p))
+        _probe_dir(p.parent)
+        if p.exists() and not os.access(p, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(p))
+    except OSError as err:
+        fix = "give a file path" if err.errno == errno.EISDIR else None
+        line = f"{err.filename}: {err.strerror}; {fix}." if fix else os_error_line(err, err.filename or p, flag)
+        raise StoreError(f"{flag} {path} cannot be written: {line}") from err
+
+
+def as_os_error(err: BaseException) -> OSError | None:
+    """The I/O error behind ``err``: ``err`` itself if it is an ``OSError``; for a library's own error class that
+    wraps one (safetensors' ``SafetensorError``: "IoError(Os { code: 28, kind: StorageFull, ... })") an ``OSError``
+    with that errno; None for anything else."""
+    if isinstance(err, OSError):
+        return err
+    text = str(err)
+    if type(err).__name__ == "SafetensorError" or "No space left on device" in text:
+        import re
+        m = re.search(r"(?:code:|os error)\s*(\d+)", text)
+        if m:
+            code = int(m.group(1))
+            return OSError(code, os.strerror(code))
+        if "No space left on device" in text:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return None
 
 
 @dataclass(frozen=True)
@@ -111,23 +181,118 @@ def write_manifest(d: Path) -> None:
     (d / MANIFEST).write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
 
 
-def check_artifact(d: Path, *, hash_limit: int | None = HASH_LIMIT) -> str | None:
+LEGACY = f"has no {MANIFEST} (written before manifests), so it cannot be proven intact"
+# files a structural check reads whole (JSON, JSONL, zip CRCs): larger ones are checked by size and header only
+STRUCTURE_READ_LIMIT = 256 << 20
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200] or type(err).__name__
+
+
+def _jsonl_rows(p: Path, rel: str) -> tuple[int | None, str | None]:
+    """(rows, None) for a complete JSONL file, else (None, problem)."""
+    raw = p.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        return None, f"{rel} does not end with a newline (cut mid-row)"
+    n = 0
+    for i, line in enumerate(raw.decode("utf-8", errors="strict").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except ValueError as err:
+            return None, f"{rel} row {i} is not valid JSON ({err})"
+        n += 1
+    return n, None
+
+
+def structure_problem(d: Path) -> str | None:
+    """None if every file of the artifact at ``d`` is structurally whole, else one phrase naming the first that is
+    not.  What is checked, by file type (the only evidence a legacy artifact, without a manifest, has):
+    ``*.json`` parses; ``*.jsonl`` ends with a newline and every row parses, and ``generations.jsonl`` /
+    ``verdicts.jsonl`` have the ``n`` rows that ``summary.json`` (and a generate stage's ``spec.json``) state;
+    ``*.safetensors``: the header parses and the tensors' byte sizes (shape × dtype) fill the file exactly
+    (``safetensors.safe_open`` validates both); zip-format ``*.bin`` / ``*.pt`` / ``*.pth`` pass their CRCs;
+    ``*.index.json`` names only shards that exist.  Other files (tokenizer vocabularies, text) have no structure
+    to check."""
+    try:
+        files = _files(d)
+        summary = spec_n = None
+        for rel in files:
+            p = d / rel
+            size = p.stat().st_size
+            name = p.name
+            if name.endswith(".json"):
+                if size > STRUCTURE_READ_LIMIT:
+                    continue
+                try:
+                    obj = json.loads(p.read_text(encoding="utf-8"))
+                except (ValueError, UnicodeDecodeError) as err:
+                    return f"{rel} is not valid JSON ({_one_line(err)})"
+                if rel == "summary.json" and isinstance(obj, dict):
+                    summary = obj.get("n")
+                if rel == SPEC and isinstance(obj, dict) and isinstance(obj.get("spec"), dict) \
+                        and obj.get("stage") == "generate":
+                    spec_n = obj["spec"].get("n")
+                if name.endswith(".index.json") and isinstance(obj, dict) and isinstance(obj.get("weight_map"), dict):
+                    for shard in sorted(set(map(str, obj["weight_map"].values()))):
+                        if not (p.parent / shard).is_file():
+                            return f"{rel} names the shard {shard}, which is missing"
+            elif name.endswith(".jsonl"):
+                if size > STRUCTURE_READ_LIMIT:
+                    continue
+                try:
+                    _, problem = _jsonl_rows(p, rel)
+                except UnicodeDecodeError as err:
+                    return f"{rel} is not UTF-8 ({_one_line(err)})"
+                if problem:
+                    return problem
+            elif name.endswith(".safetensors"):
+                try:
+                    from safetensors import safe_open
+                    with safe_open(str(p), framework="numpy"):
+                        pass
+                except Exception as err:  # noqa: BLE001 - SafetensorError and anything the header parse raises
+                    return f"{rel} is not a whole safetensors file ({_one_line(err)})"
+            elif name.endswith((".bin", ".pt", ".pth")) and size <= STRUCTURE_READ_LIMIT:
+                import zipfile
+                if zipfile.is_zipfile(p):
+                    try:
+                        with zipfile.ZipFile(p) as z:
+                            bad = z.testzip()
+                    except (zipfile.BadZipFile, OSError, EOFError) as err:
+                        return f"{rel} is not a whole zip archive ({_one_line(err)})"
+                    if bad is not None:
+                        return f"{rel} has a damaged member {bad} (CRC mismatch)"
+        for rel in ("generations.jsonl", "verdicts.jsonl"):
+            if rel in files and (isinstance(summary, int) or isinstance(spec_n, int)):
+                rows, problem = _jsonl_rows(d / rel, rel)
+                if problem:
+                    return problem
+                for want, src in ((summary, "summary.json"), (spec_n if rel == "generations.jsonl" else None, SPEC)):
+                    if isinstance(want, int) and not isinstance(want, bool) and rows != want:
+                        return f"{rel} has {rows} rows where its {src} states {want}"
+    except OSError as err:
+        return f"a file cannot be read ({os_error_line(err)})"
+    return None
+
+
+def check_artifact(d: Path, *, hash_limit: int | None = HASH_LIMIT, legacy: bool = False) -> str | None:
     """None if the artifact at ``d`` is intact, else one phrase naming the problem.
-    ``hash_limit``: hash files up to this size (None: all, 0: none)."""
+    ``hash_limit``: hash files up to this size (None: all, 0: none).  An artifact without a manifest cannot be proven
+    intact: its structural problem if it has one (:func:`structure_problem`), else :data:`LEGACY` (with ``legacy``:
+    None, i.e. its structure is all that is asked)."""
     try:
         json.loads((d / MARKER).read_text() or "{}")
     except (OSError, ValueError):
         return f"its {MARKER} marker is unreadable"
     mpath = d / MANIFEST
-    if not mpath.is_file():  # written before manifests: check what can be checked
-        for rel in _files(d):
-            p = d / rel
-            if rel.endswith(".json") and p.stat().st_size <= (hash_limit if hash_limit is not None else math.inf):
-                try:
-                    json.loads(p.read_text())
-                except (OSError, ValueError) as err:
-                    return f"{rel} is not valid JSON ({err})"
-        return None
+    if not mpath.is_file():  # written before manifests: its structure is all there is to check
+        problem = structure_problem(d)
+        if problem is not None:
+            return problem
+        return None if legacy else LEGACY
     try:
         files = json.loads(mpath.read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -148,6 +313,8 @@ def check_artifact(d: Path, *, hash_limit: int | None = HASH_LIMIT) -> str | Non
 
 class Store:
     def __init__(self, workdir: str | Path = "runs"):
+        if not str(workdir).strip():  # Path("") is the current directory: never a work dir by accident
+            raise StoreError("The work dir path is empty; pass --workdir DIR (default ./runs, or $SDD_BENCH_WORKDIR).")
         self.root = Path(workdir).expanduser().resolve()
         self._verified: dict[str, float] = {}  # artifact dir → marker mtime, checked in this process
         self._held: set[str] = set()  # lock files this process holds (locks are re-entrant per Store)
@@ -242,7 +409,9 @@ class Store:
                     held = self.lock(stage, key)
                     held.__enter__()
                 except StoreError:  # a read-only store: report, cannot move aside
-                    report(f"corrupt artifact {stage}/{key}: {problem}; treated as missing.")
+                    what = f"artifact {stage}/{key} {problem}" if problem == LEGACY else \
+                        f"corrupt artifact {stage}/{key}: {problem}"
+                    report(f"{what}; treated as missing.")
                     return None
                 try:  # re-check under the lock: a writer may have been replacing it while it was read
                     problem = check_artifact(p) if (p / MARKER).is_file() else None
@@ -256,19 +425,69 @@ class Store:
         return Artifact(stage, key, p)
 
     def quarantine(self, stage: str, key: str, problem: str) -> Path | None:
-        """Move a damaged artifact aside (``.corrupt-<key>-<time>``), report it in one line; it is rebuilt."""
+        """Move a damaged artifact aside (``.corrupt-<key>-<time>``; a legacy one, ``problem`` = :data:`LEGACY`:
+        ``.legacy-<key>-<time>``), report it in one line; it is rebuilt."""
         p = self.dir(stage, key)
-        dest = p.parent / f".corrupt-{key}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        legacy = problem == LEGACY
+        dest = p.parent / (f".{'legacy' if legacy else 'corrupt'}-{key}-{time.strftime('%Y%m%dT%H%M%S')}-"
+                           f"{uuid.uuid4().hex[:4]}")
         self._verified.pop(str(p), None)
         try:
             os.rename(p, dest)
         except FileNotFoundError:  # another process moved it first
             return None
         except OSError as err:
-            raise StoreError(f"corrupt artifact {stage}/{key} ({problem}) cannot be moved aside: "
-                             f"{os_error_line(err, p)}") from err
-        report(f"corrupt artifact {stage}/{key}: {problem}; moved aside to {dest.name}, it will be rebuilt.")
+            raise StoreError(f"{'legacy' if legacy else 'corrupt'} artifact {stage}/{key} ({problem}) cannot be moved "
+                             f"aside: {os_error_line(err, p)}") from err
+        if legacy:
+            report(f"artifact {stage}/{key} {problem}; moved aside to {dest.name}, it will be rebuilt (to keep "
+                   f"such artifacts, run `sdd-bench cache verify --adopt` on the work dir first).")
+        else:
+            report(f"corrupt artifact {stage}/{key}: {problem}; moved aside to {dest.name}, it will be rebuilt.")
         return dest
+
+    def legacy(self) -> list[str]:
+        """``stage/key`` of every complete artifact without a manifest (cheap: two stats per artifact)."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for sdir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for a in sorted(sdir.iterdir()):
+                if not a.name.startswith(".") and (a / MARKER).is_file() and not (a / MANIFEST).is_file():
+                    out.append(f"{sdir.name}/{a.name}")
+        return out
+
+    def check_no_legacy(self) -> None:
+        """Fail in one line, before any work, when the work dir holds legacy artifacts (no manifest): the pipeline
+        would move each aside and rebuild it, which can cost hours; the user chooses (see the module docstring)."""
+        old = self.legacy()
+        if old:
+            raise StoreError(f"the work dir {self.root} holds {len(old)} artifact(s) written before manifests (e.g. "
+                             f"{old[0]}), which cannot be proven intact: run `sdd-bench cache verify --adopt "
+                             f"--workdir {self.root}` to check their structure and keep those that pass, or "
+                             f"`sdd-bench cache verify --workdir {self.root}` to move them aside so they are rebuilt.")
+
+    def adopt(self, stage: str, key: str) -> str | None:
+        """Give a legacy artifact a manifest of its current content after its structural checks pass; returns the
+        structural problem instead (nothing written) when they fail."""
+        d = self.dir(stage, key)
+        with self.lock(stage, key):
+            if (d / MANIFEST).is_file():
+                return None
+            problem = check_artifact(d, hash_limit=None, legacy=True)
+            if problem is not None:
+                return problem
+            tmp = d / f".{MANIFEST}.{os.getpid()}.tmp"
+            files = {rel: {"bytes": os.path.getsize(d / rel), "sha256": _sha256_file(d / rel)}
+                     for rel in _files(d) if rel not in (MANIFEST, MARKER)}
+            try:
+                tmp.write_text(json.dumps({"files": files, "adopted": time.time()}, indent=1, sort_keys=True))
+                os.replace(tmp, d / MANIFEST)
+            except OSError as err:
+                tmp.unlink(missing_ok=True)
+                raise StoreError(f"cannot write {d / MANIFEST}: {os_error_line(err, d)}") from err
+            self._verified.pop(str(d), None)
+        return None
 
     def resolve(self, ref: str) -> Artifact:
         """``stage/key`` or a path inside the work dir → artifact."""
@@ -315,8 +534,12 @@ class Store:
                     shutil.rmtree(old, ignore_errors=True)
                     if replace:
                         self.replaced.add(f"{stage}/{key}")
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
+            except BaseException as err:
+                shutil.rmtree(tmp, ignore_errors=True)  # the store stays clean: no half-written artifact
+                oserr = None if isinstance(err, (OSError, SddBenchError)) else as_os_error(err)
+                if oserr is not None:  # e.g. SafetensorError on a full disk: one line, not a library traceback
+                    raise StoreError(f"cannot write the {stage} artifact {stage}/{key}: "
+                                     f"{os_error_line(oserr, oserr.filename or tmp)}") from err
                 raise
 
     def run(self, stage: str, spec: dict, inputs: list[str] | tuple[str, ...], fn: Callable[[Path], Any],
@@ -363,16 +586,25 @@ class Store:
                 rows.append(row)
         return rows
 
-    def verify(self, *, move_aside: bool = True) -> list[dict]:
-        """Hash every file of every complete artifact against its manifest; returns the damaged ones
-        (``problem`` set) and, with ``move_aside``, moves them aside so that they are rebuilt."""
+    def verify(self, *, move_aside: bool = True, adopt: bool = False, adopted: list | None = None) -> list[dict]:
+        """Hash every file of every complete artifact against its manifest; returns the artifacts that cannot be proven
+        intact (``problem`` set; ``legacy`` True for one without a manifest whose structure is whole) and, with
+        ``move_aside``, moves them aside so that they are rebuilt.  ``adopt``: a legacy artifact whose structural checks
+        pass gets a manifest instead (:meth:`adopt`) and is appended to ``adopted``."""
         bad = []
         for row in self.list():
             if not row["complete"]:
                 continue
             problem = check_artifact(self.dir(row["stage"], row["key"]), hash_limit=None)
+            if problem == LEGACY and adopt:
+                problem = self.adopt(row["stage"], row["key"])
+                if problem is None:
+                    if adopted is not None:
+                        adopted.append(row)
+                    continue
             if problem is not None:
                 row["problem"] = problem
+                row["legacy"] = problem == LEGACY
                 bad.append(row)
                 if move_aside:
                     self.quarantine(row["stage"], row["key"], problem)

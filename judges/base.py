@@ -40,6 +40,11 @@ class Judge:
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
         raise NotImplementedError
 
+    def preflight(self) -> None:
+        """Check, without network and without loading a model, everything this judge will need that can be checked
+        before a run starts (its data files, credentials, endpoint URL); raise one ``SddBenchError`` otherwise.
+        Called by the pipeline's preflight (``run``, ``grid``, ``validate``) for every judge a cell will run."""
+
     def spec(self) -> dict:
         from sdd_bench.harness.config import to_dict
         return {"judge": getattr(self, "registry_name", type(self).__name__),

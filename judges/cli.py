@@ -88,6 +88,7 @@ def run_judges(args, names: list[str]) -> dict:
     from sdd_bench.judges.base import make_judge
     from sdd_bench.judges.stage import judge_stage, load_summary, load_verdicts
     store = Store(args.workdir)
+    store.check_no_legacy()
     gen = store.resolve(args.generations)
     if not (gen.path / "generations.jsonl").is_file():
         raise SddBenchError(f"{args.generations!r} is a {gen.stage!r} artifact without generations.jsonl; "

@@ -238,6 +238,12 @@ class HarmClassifier(Judge):
         self._head = None
         self.head_info: dict = {}
 
+    def preflight(self) -> None:
+        """The datasets its classifier head is trained and checked on (loaded, so checksummed)."""
+        from sdd_bench.harness import data
+        for name in ("beavertails-judge", "refusals", "alpaca-gpt4-1k", "dolly-1k", "refusal-prefixes", *EVAL_SETS):
+            data.load(name)
+
     def head(self):
         if self._head is None:
             if self.store is None:

@@ -259,6 +259,36 @@ class RubricJudge(Judge):
         return s
 
     # -- client --------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """The endpoint and key, checked before any work (no request is made): ``base_url`` (or
+        ``$OPENAI_BASE_URL``) is an http(s) URL with a host, ``api_key_env`` names a variable, and that variable
+        holds a key unless a ``base_url`` is given (a local server takes a placeholder, see :meth:`client`)."""
+        from urllib.parse import urlparse
+        if not self.cfg.api_key_env.strip():
+            raise ConfigError("rubric judge: api_key_env is empty; name the environment variable that holds the API "
+                              "key (default OPENAI_API_KEY), e.g. --judge-opt rubric.api_key_env=OPENAI_API_KEY.")
+        for where, url in (("base_url", self.cfg.base_url), ("$OPENAI_BASE_URL", os.environ.get("OPENAI_BASE_URL"))):
+            if url is None or (where != "base_url" and self.cfg.base_url is not None):
+                continue
+            try:
+                u = urlparse(url)
+                u.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+                ok = u.scheme in ("http", "https") and bool(u.hostname)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"rubric judge: {where} {url!r} is not an http(s) URL with a host; give the "
+                                  f"OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
+        if self._client is None and self.cfg.base_url is None and not os.environ.get(self.cfg.api_key_env):
+            raise ConfigError(
+                f"The rubric judge needs an API key in the environment variable {self.cfg.api_key_env}, which is "
+                f"{'empty' if self.cfg.api_key_env in os.environ else 'not set'} (export it), or a local "
+                f"OpenAI-compatible server via --judge-opt rubric.base_url=http://127.0.0.1:8000/v1.")
+        try:
+            import openai  # noqa: F401
+        except ImportError:
+            raise ConfigError("The rubric judge needs the openai package: pip install 'sdd-bench[judges]'.") from None
+
     def client(self):
         if self._client is None:
             from openai import OpenAI

@@ -196,6 +196,7 @@ def cli_regress(args) -> int:
         grid_data = base["grid"]
     g = G.grid_from_mapping(grid_data, where=f"{path} (grid)")
     store = Store(args.workdir)
+    store.check_no_legacy()
     pl = G.plan(g, store)
     print(pl.summary())
     results = G.run_grid(g, store, executor="local", progress=not args.quiet)

@@ -87,14 +87,80 @@ def test_truncated_judge_summary_is_rebuilt(cell, capfd):
     assert pipeline.comparable(rec2)["metrics"] == pipeline.comparable(rec)["metrics"]
 
 
-def test_legacy_artifact_without_manifest_is_read_and_its_json_checked(cell, capfd):
+def test_legacy_artifact_without_manifest_is_never_read_as_intact(cell, capfd):
     store, _ = cell
     d = _only(store, "record")
     (d / MANIFEST).unlink()
-    assert store.get("record", d.name) is not None  # unverified but ok
+    assert store.get("record", d.name) is None  # cannot be proven intact: moved aside, rebuilt by the next run
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no MANIFEST.json" in err[0] and "cache verify --adopt" in err[0]
+    assert any(p.name.startswith(".legacy-") for p in (store.root / "record").iterdir()) and not d.exists()
+
+
+def _legacy(store) -> None:
+    """Make the store look written before manifests existed."""
+    for m in store.root.rglob(MANIFEST):
+        m.unlink()
+
+
+def test_legacy_generations_cut_at_a_line_boundary_fail_verify_and_adopt(cell, capsys):
+    store, rec = cell
+    gdir = max((p for p in (store.root / "generate").iterdir() if not p.name.startswith(".")),
+               key=lambda p: len((p / "generations.jsonl").read_text().splitlines()))
+    lines = (gdir / "generations.jsonl").read_text().splitlines(keepends=True)
+    _legacy(store)
+    (gdir / "generations.jsonl").write_text("".join(lines[:-2]))  # whole lines: still valid JSONL
+    assert main(["cache", "verify", "--workdir", str(store.root), "--dry-run"]) == 1
+    out = capsys.readouterr().out
+    assert f"CORRUPT generate/{gdir.name}: generations.jsonl has {len(lines) - 2} rows where its summary.json " \
+           f"states {len(lines)}" in out
+    assert "UNVERIFIABLE record/" in out and gdir.exists()
+    assert main(["cache", "verify", "--workdir", str(store.root), "--adopt"]) == 1  # the cut one is not adopted
+    out = capsys.readouterr().out
+    assert f"CORRUPT generate/{gdir.name}" in out and "ADOPTED record/" in out and not gdir.exists()
+    assert main(["cache", "verify", "--workdir", str(store.root)]) == 0  # the rest now has manifests
+    rec2, _ = pipeline.run_cell(_spec(), store, **QUIET)  # the cut generations are rebuilt, not read
+    assert pipeline.comparable(rec2)["metrics"] == pipeline.comparable(rec)["metrics"]
+
+
+def test_legacy_weights_cut_to_100_bytes_fail_cache_verify(cell, capsys):
+    store, _ = cell
+    mdir = _only(store, "model")
+    w = max((p for p in mdir.rglob("*.safetensors")), key=lambda p: p.stat().st_size)
+    _legacy(store)
+    _truncate(w, 100)
+    assert main(["cache", "ls", "--workdir", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert f"CORRUPT model/{mdir.name}: {w.relative_to(mdir)} is not a whole safetensors file" in out
+    assert f"LEGACY record/" in out  # the others: whole, but unverifiable
+    assert main(["cache", "verify", "--workdir", str(store.root), "--adopt"]) == 1
+    out = capsys.readouterr().out
+    assert f"CORRUPT model/{mdir.name}: {w.relative_to(mdir)} is not a whole safetensors file" in out
+    assert "1 corrupt" in out and not mdir.exists()
+
+
+def test_intact_legacy_store_is_unverifiable_until_adopted_and_run_refuses_it(cell, capsys, tmp_path):
+    store, rec = cell
+    _legacy(store)
+    n = len(store.legacy())
+    assert n >= 5
+    rc = main(["run", "--profile", "tiny", "--no-capability", "--workdir", str(store.root), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"{n} artifact(s) written before manifests" in err[0]
+    assert "cache verify --adopt" in err[0] and len(store.legacy()) == n  # nothing moved, nothing run
+    g = tmp_path / "g.yaml"
+    g.write_text("name: t\nprofile: tiny\ndefenses: [none]\nattacks: [none]\ncapability: false\n")
+    for cmd in (["grid", str(g), "--plan"], ["publish", "--to", str(tmp_path / "results")]):
+        assert main([*cmd, "--workdir", str(store.root)]) == 2  # a plan would have moved them aside
+        assert "written before manifests" in capsys.readouterr().err and len(store.legacy()) == n
+    assert main(["cache", "verify", "--workdir", str(store.root), "--dry-run"]) == 1
+    assert f"0 corrupt, {n} unverifiable" in capsys.readouterr().out
+    assert main(["cache", "verify", "--workdir", str(store.root), "--adopt"]) == 0
+    assert f"({n} adopted), 0 corrupt, 0 unverifiable" in capsys.readouterr().out
+    assert store.legacy() == [] and main(["cache", "verify", "--workdir", str(store.root)]) == 0
     store._verified.clear()
-    _truncate(d / "record.json", 30)
-    assert store.get("record", d.name) is None and "record.json is not valid JSON" in capfd.readouterr().err
+    done = pipeline.finished_record(store, pipeline.resolve(_spec()))  # adopted: read, nothing rebuilt
+    assert done is not None and pipeline.comparable(done[0])["metrics"] == pipeline.comparable(rec)["metrics"]
 
 
 # -- row 2: generations.jsonl cut at a line boundary ------------------------------------------
