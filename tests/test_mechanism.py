@@ -308,3 +308,31 @@ def test_repnoise_harmful_information_on_the_tiny_model(tiny_ref):
     again = RN.harmful_information(tiny_ref, rows, cfg, "chat", "cpu")
     assert len(parts) == 2 and parts == again  # deterministic, MMD noise included
     assert all(p["harmful_loss_all_layers"] > 1 and p["mmd"] == p["mmd"] for p in parts)
+
+
+def test_simpo_counts_held_out_pairs_whose_reward_margin_beats_gamma(monkeypatch):
+    from sdd_bench.defenses import simpo as SP
+    d = DEFENSES.get("simpo").configure("tiny")
+    g = d.cfg.gamma
+    margins = {"start": [0.0] * 64, "defended": [g + 1.0] * 56 + [g - 0.5] * 8}
+    monkeypatch.setattr(SP, "held_out_pairs", lambda n, seed: [])
+    monkeypatch.setattr(SP, "reward_margins", lambda ref, *a: margins[ref])
+    m = d.mechanism(_probe(start="start", defended="defended"))
+    assert m["count"] == 56 and m["n"] == 64 and m["installed"] and m["start_value"] == 0.0
+    margins["defended"] = [g] * 64  # at the margin, not beyond it
+    assert not d.mechanism(_probe(start="start", defended="defended"))["installed"]
+
+
+def test_simpo_reward_margins_on_the_tiny_model(tiny_ref, tiny_loaded):
+    """The margin is β × (NLL(rejected) − NLL(chosen)) per answer token, as the model's own loss gives it."""
+    from sdd_bench.defenses import simpo as SP
+    from sdd_bench.harness.reference_loss import per_item_losses
+    cfg = DEFENSES.get("simpo").configure("tiny").cfg
+    pairs = SP.held_out_pairs(3, 0)
+    m = SP.reward_margins(tiny_ref, pairs, cfg, "chat", "cpu")
+    model, tok = tiny_loaded
+    c, _ = per_item_losses(model, tok, "chat", [{"prompt": p["prompt"], "response": p["chosen"]} for p in pairs],
+                           max_length=cfg.max_length)
+    r, _ = per_item_losses(model, tok, "chat", [{"prompt": p["prompt"], "response": p["rejected"]} for p in pairs],
+                           max_length=cfg.max_length)
+    assert m == pytest.approx([cfg.beta * (b - a) for a, b in zip(c, r)], rel=1e-4)
