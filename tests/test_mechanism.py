@@ -336,3 +336,26 @@ def test_simpo_reward_margins_on_the_tiny_model(tiny_ref, tiny_loaded):
     r, _ = per_item_losses(model, tok, "chat", [{"prompt": p["prompt"], "response": p["rejected"]} for p in pairs],
                            max_length=cfg.max_length)
     assert m == pytest.approx([cfg.beta * (b - a) for a, b in zip(c, r)], rel=1e-4)
+
+
+def test_deepalign_counts_refusals_after_a_prefilled_harmful_start(monkeypatch):
+    from sdd_bench.defenses import deepalign as DA
+    d = DEFENSES.get("deepalign").configure("tiny")
+    texts = {"start": ["Step one: gather the"] * 64,
+             "defended": ["I'm sorry, but I can't continue with this."] * 58 + ["and then mix them"] * 6}
+    monkeypatch.setattr(DA, "held_out_prefills", lambda n, seed: [{"prompt": "p", "response": "r"}] * 64)
+    monkeypatch.setattr(DA, "prefilled_continuations", lambda ref, *a, **k: texts[ref])
+    m = d.mechanism(_probe(start="start", defended="defended"))
+    assert m["count"] == 58 and m["installed"] and m["start_value"] == 0.0 and m["prefill_tokens"] == 10
+    texts["defended"] = texts["start"]
+    assert not d.mechanism(_probe(start="start", defended="defended"))["installed"]
+
+
+def test_deepalign_prefilled_continuations_on_the_tiny_model(tiny_ref):
+    from sdd_bench.defenses import deepalign as DA
+    from sdd_bench.harness import data
+    rows = DA.held_out_prefills(3, 0)
+    trained = {data.normalize(r["prompt"]) for r in data.load("beavertails-defense")}
+    assert not trained & {data.normalize(r["prompt"]) for r in rows}
+    out = DA.prefilled_continuations(tiny_ref, rows, "chat", "cpu", k=4, max_new_tokens=3)
+    assert len(out) == 3 and all(isinstance(t, str) for t in out)
