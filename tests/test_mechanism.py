@@ -359,3 +359,31 @@ def test_deepalign_prefilled_continuations_on_the_tiny_model(tiny_ref):
     assert not trained & {data.normalize(r["prompt"]) for r in rows}
     out = DA.prefilled_continuations(tiny_ref, rows, "chat", "cpu", k=4, max_new_tokens=3)
     assert len(out) == 3 and all(isinstance(t, str) for t in out)
+
+
+def test_tar_is_installed_only_when_tampered_entropy_is_surely_higher(monkeypatch):
+    from sdd_bench.defenses import tar as T
+    values = {"start": [1.0, 1.2, 0.9, 1.1], "defended": [4.0, 4.3, 3.9, 4.2]}
+    monkeypatch.setattr(T, "held_out_tamper_data", lambda cfg, seed: ([], []))
+    monkeypatch.setattr(T, "tampered_entropies", lambda ref, *a: values[ref])
+    d = DEFENSES.get("tar").configure("tiny")
+    m = d.mechanism(_probe(start="start", defended="defended"))
+    assert m["installed"] and m["ci95"][0] > 0 and m["adversary"]["steps"] == d.cfg.inner_steps
+    values["defended"] = [1.05, 1.15, 0.95, 1.05]
+    assert not d.mechanism(_probe(start="start", defended="defended"))["installed"]
+
+
+def test_tar_tampered_entropies_on_the_tiny_model(tiny_ref):
+    """A held-out tampering run per adversary, on data TAR never trains on; deterministic."""
+    from sdd_bench.defenses import tar as T
+    from sdd_bench.harness import data
+    cfg = DEFENSES.get("tar").configure("tiny").cfg
+    adversary, x_tr = T.held_out_tamper_data(cfg, 0)
+    assert len(x_tr) == T.MECHANISM_ADVERSARIES * cfg.batch_size
+    assert len(adversary) == T.MECHANISM_ADVERSARIES * cfg.inner_steps * cfg.adversary_batch_size
+    assert not {r["prompt"] for r in adversary} & {r["prompt"] for r in x_tr}
+    trained = {data.normalize(r["prompt"]) for r in data.load("beavertails-defense")}
+    assert not trained & {data.normalize(r["prompt"]) for r in adversary + x_tr}
+    ent = T.tampered_entropies(tiny_ref, adversary, x_tr, cfg, "chat", "cpu")
+    assert len(ent) == T.MECHANISM_ADVERSARIES and all(0 < e < 11.5 for e in ent)  # ≤ log(vocab) ≈ 10.8
+    assert ent == T.tampered_entropies(tiny_ref, adversary, x_tr, cfg, "chat", "cpu")
