@@ -387,3 +387,18 @@ def test_tar_tampered_entropies_on_the_tiny_model(tiny_ref):
     ent = T.tampered_entropies(tiny_ref, adversary, x_tr, cfg, "chat", "cpu")
     assert len(ent) == T.MECHANISM_ADVERSARIES and all(0 < e < 11.5 for e in ent)  # ≤ log(vocab) ≈ 10.8
     assert ent == T.tampered_entropies(tiny_ref, adversary, x_tr, cfg, "chat", "cpu")
+
+
+@pytest.mark.parametrize("name", ["simpo", "deepalign", "vaccine", "t-vaccine", "booster", "repnoise", "tar"])
+def test_every_baselines_mechanism_runs_on_its_defended_tiny_model(name, tiny_ref, tmp_path):
+    """On a real (one-step) defended tiny model, LoRA adapter or merged checkpoint alike: a record-ready block
+    with a finite number, its interval and criterion, stored as JSON (the pipeline's ``mechanism`` stage)."""
+    import json
+    import math
+    d = DEFENSES.get(name).configure("tiny", {"max_steps": 1})
+    ctx = Context(profile="tiny", device="cpu", progress=False)
+    defended, _ = d.defend(tiny_ref, tmp_path / name, ctx)
+    probe = MechanismProbe(start=tiny_ref, defended=defended, metrics={}, ctx=ctx, generations=None, verdicts=None)
+    m = json.loads(json.dumps(d.mechanism(probe)))
+    assert d.mechanism_runs_models and m["n"] > 0 and math.isfinite(m["value"]) and isinstance(m["installed"], bool)
+    assert m["criterion"] and m["source"] and len(m["ci95"]) == 2 and "start_value" in m
