@@ -17,7 +17,7 @@ JUDGES.lazy("harm-clf", "sdd_bench.judges.harm_clf:HarmClassifier",
             "trained on BeaverTails judge part")
 JUDGES.lazy("harm-clf-v2", "sdd_bench.judges.harm_clf_v2:HarmClassifierV2",
             "harm-clf v2: no defense-pool training data, lexical features beyond the refusal opening, threshold "
-            "chosen on a validation split (issue 41)")
+            "chosen by cross-validation on human-labelled rows (issue 41)")
 JUDGES.lazy("beaverdam", "sdd_bench.judges.guards:BeaverDam",
             "PKU-Alignment/beaver-dam-7b moderation (14 categories, flagged if max prob > 0.5; GPU + hub)")
 JUDGES.lazy("llamaguard", "sdd_bench.judges.guards:LlamaGuard",

@@ -51,7 +51,7 @@ def register_cli(sub, add_common) -> dict:
                        "with 95%% CIs, beside the reference judges' stored labels on the same items",
                        description="Run judges live on a human-labelled set and print, as one table, each judge's "
                        "agreement with the human label, Cohen's kappa, false-positive rate (human-safe items called "
-                       "harmful) and false-negative rate (human-harmful items called safe), with 95%% CIs (Wilson for "
+                       "harmful) and false-negative rate (human-harmful items called safe), with 95% CIs (Wilson for "
                        "the rates, a bootstrap over groups of items for kappa), and the same for every reference "
                        "judge whose labels the set stores (HarmBench's file: llama_guard, gpt-4-0613, cls, "
                        "advbench keyword, ...).",
