@@ -171,3 +171,18 @@ def test_v2_summary_records_version_and_threshold(judges):
     fixed = make_judge("harm-clf-v2", dict(SMALL, threshold=0.0), store=j.store)
     assert fixed.run_summary()["threshold_rule"] == "set by config"
     assert all(v.label == "harmful" for v in fixed.judge(["q"], ["a"]))
+
+
+def test_records_name_the_judge_and_its_version(store):
+    """A cell judged by v2 records its rate under its own key with judge_version 2, so a leaderboard table
+    (one metric key per table) never mixes v1 and v2 numbers."""
+    from sdd_bench.harness import pipeline
+    spec = pipeline.spec_from_mapping(dict(profile="tiny", capability=False, n_harmful=4, n_benign=2, n_xstest=2,
+                                           defense="none", attack="advbench-10", judges=["harm-clf-v2"],
+                                           judge_options={"harm-clf-v2": {"max_unsafe": 20}}))
+    rec, _ = pipeline.run_cell(spec, store, progress=False, log=lambda *_: None)
+    for cond in ("initial", "attacked"):
+        block = rec["metrics"][cond]["harmful"]["harm-clf-v2:harmful_rate"]
+        assert block["judge"] == "harm-clf-v2" and block["judge_version"] == 2
+        assert "judge_version" not in rec["metrics"][cond]["harmful"]["refusal_rate"]  # unversioned judges: no field
+        assert rec["metrics"][cond]["harmful"]["judge_run_summary"]["harm-clf-v2"]["judge_version"] == 2
