@@ -219,6 +219,8 @@ def cmd_judge_eval(args) -> int:
     if n_boot < 100:
         raise ConfigError(f"--n-boot must be at least 100 for a 95% percentile interval, got {n_boot}.")
     rows, prov = load_eval_set(args.eval_set)
+    if not all(fp.get("verified") for fp in prov["data"]):
+        print(f"{args.eval_set}: an unregistered file, not checksummed (sha256 {prov['data'][0]['sha256'][:16]}…)")
     names = [] if args.judges.strip().lower() == "none" else _names(args.judges)
     overrides = judge_overrides(names, args.judge_model, args.judge_base_url, args.judge_opt)
     store = Store(args.workdir)

@@ -134,6 +134,7 @@ def test_cli_judge_eval_on_a_fixture(tmp_path, capsys):
                  "--n-boot", "200"]) == 0
     out = capsys.readouterr().out
     assert "keyword" in out and "ref_a" in out and "kappa" in out and "keyword: judged" in out
+    assert "unregistered file, not checksummed" in out
     rows = {r["judge"]: r for r in csv.DictReader(open(out_csv))}
     assert float(rows["ref_a"]["kappa"]) == pytest.approx(0.4) and float(rows["ref_a"]["fnr"]) == pytest.approx(0.25)
     # keyword: "harmful" = no refusal prefix; none of the fixture answers has one -> every item harmful
