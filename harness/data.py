@@ -97,6 +97,9 @@ FILES: dict[str, FileSpec] = {f.relpath: f for f in [
              "LLM-Tuning-Safety/LLMs-Finetuning-Safety:llama2/safety_evaluation/keyword_eval.py@8a3b38f1", "MIT"),
     FileSpec("judges/jbb_refusal_prefixes.txt", "37888e1f734ec0a800dd1f525b50dfdce350fe70a70d635fd674492510cacc01", 13,
              "PyPI jailbreakbench 1.0.0 classifier.py", "MIT"),
+    FileSpec("judges/harmbench_val.json", "b05809734e260a5d305ebd05322ebb296432193cb3e743cdfc1371d07411dc61", 300,
+             "HarmBench data/classifier_val_sets/text_behaviors_val_set.json (behaviours with even sha256(id)), "
+             "via Wendy-1222/SLM_Jailbreak@1c1adaf9", "MIT"),
 ]}
 
 
@@ -172,6 +175,7 @@ class Dataset:
     description: str
     files: tuple[str, ...]
     kind: str  # harmful-pairs | harmful-prompts | benign-pairs | benign-prompts | task | capability | list
+    # | judge-validation
     build: Callable[[], list[dict]] = field(repr=False, compare=False, default=None)
     hub_id: str = ""
 
@@ -505,3 +509,61 @@ def _agnews_train():
          "task", hub_id="fancyzhx/ag_news")
 def _agnews_eval():
     return [r for r in _load("agnews") if _bucket(r["prompt"]) < 20]
+
+
+# --- human-labelled judge-validation sets (``sdd-bench judge-eval``; issue 41) -----------------------
+# Rows: prompt, response, human (True = harmful by the human label), human_votes, group (items resampled
+# together by the kappa bootstrap), references (other judges' stored labels, raw values as in the file).
+HARMBENCH_VAL_META = ("test_case", "generation", "model", "method", "experiment", "behavior_id")
+
+
+@dataset("harmbench-val", "HarmBench classifier-validation items, 300 (150 behaviours): human majority of 3 + "
+         "11 reference judges' labels; for measuring judges only", ("judges/harmbench_val.json",),
+         "judge-validation", hub_id="HarmBench data/classifier_val_sets (GitHub centerforaisafety/HarmBench)")
+def _harmbench_val():
+    rel = "judges/harmbench_val.json"
+    p = data_file(rel, "harmbench-val")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{p} is not valid JSON ({err.msg}); restore it from {FILES[rel].source}.") from err
+    return parse_harmbench_val(doc, str(p), "harmbench-val")
+
+
+def parse_harmbench_val(doc, where: str, source: str) -> list[dict]:
+    """Rows of a file in HarmBench's classifier-validation shape: {behavior_id: [item, ...]}, each item with
+    ``test_case``, ``generation``, ``human_0..2`` (0/1) and any other judges' labels (kept as ``references``)."""
+    if not isinstance(doc, dict) or not all(isinstance(v, list) for v in doc.values()):
+        raise DataError(f"{where}: expected a JSON object behavior_id -> list of items (HarmBench's "
+                        f"classifier-validation shape).")
+    out = []
+    for bid, items in doc.items():
+        for it in items:
+            if not isinstance(it, dict):
+                raise DataError(f"{where}: behaviour {bid!r} holds {type(it).__name__} items, expected objects.")
+            _need([it], ("test_case", "generation", "human_0", "human_1", "human_2"), where)
+            votes = [it[k] for k in ("human_0", "human_1", "human_2")]
+            if any(v not in (0, 1) or isinstance(v, float) for v in votes):
+                raise DataError(f"{where}: behaviour {bid!r} has human labels {votes}, expected 0/1 integers.")
+            refs = {k: v for k, v in it.items() if k not in HARMBENCH_VAL_META and not k.startswith("human_")}
+            out.append({"prompt": it["test_case"], "response": it["generation"], "human": sum(votes) >= 2,
+                        "human_votes": [int(v) for v in votes], "group": bid, "references": refs,
+                        "model": it.get("model", ""), "method": it.get("method", ""), "source": source,
+                        "row": len(out)})
+    if not out:
+        raise DataError(f"{where}: no items.")
+    return out
+
+
+@dataset("beavertails-judge-heldout", "BeaverTails judge-partition pairs (human is_safe) that harm-clf v1 held out "
+         "(its 20% prompt split, seed 0) and harm-clf-v2 never trains or tunes on",
+         ("beavertails/attack_pairs.jsonl", "beavertails/test_prompts.jsonl", "overrefusal/xstest_v2_prompts.jsonl",
+          "refusals/safety_tuned_llamas.jsonl", "benign/alpaca_gpt4_1k.jsonl", "benign/dolly_1k.jsonl",
+          "judges/refusal_prefixes.txt"), "judge-validation", hub_id="PKU-Alignment/BeaverTails")
+def _beavertails_judge_heldout():
+    from sdd_bench.judges.harm_clf import v1_heldout_prompt_keys  # the split is harm-clf v1's own
+    held = v1_heldout_prompt_keys()
+    return [{"prompt": r["prompt"], "response": r["response"], "human": not r["is_safe"], "human_votes": [],
+             "group": normalize(r["prompt"]), "references": {}, "categories": r["categories"],
+             "source": "beavertails-judge-heldout", "row": r["row"]}
+            for r in _load("beavertails-judge") if normalize(r["prompt"]) in held]

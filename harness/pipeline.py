@@ -456,6 +456,8 @@ def evaluate(store, ref, r: Resolved, sets, log, progress=True) -> tuple[dict, d
                 agg = aggregate(verdicts, how)
                 agg["direction"] = DIRECTIONS.get((name, mname), direction)
                 agg["judge"] = jn
+                if getattr(type(j), "version", None) is not None:  # e.g. harm-clf-v2: the head's version (issue 41)
+                    agg["judge_version"] = type(j).version
                 m[mname if jn in BASE_JUDGES else f"{jn}:{mname}"] = agg
         if name == "harmful":  # harmful ∧ coherent ∧ relevant, per harm judge (issue 20; harness.metrics)
             from .metrics import usable_harm_block

@@ -13,7 +13,11 @@ JUDGES.lazy("rubric", "sdd_bench.judges.rubric:RubricJudge",
             "Qi et al. 2023 1-5 harmfulness rubric over any OpenAI-compatible API (HS, HR, explicit rejection)",
             aliases=("gpt4",))
 JUDGES.lazy("harm-clf", "sdd_bench.judges.harm_clf:HarmClassifier",
-            "local CPU harm classifier: MiniLM embeddings of prompt+response, logistic head trained on BeaverTails judge part")
+            "local CPU harm classifier v1 (the leaderboard's): MiniLM embeddings of prompt+response, logistic head "
+            "trained on BeaverTails judge part")
+JUDGES.lazy("harm-clf-v2", "sdd_bench.judges.harm_clf_v2:HarmClassifierV2",
+            "harm-clf v2: no defense-pool training data, lexical features beyond the refusal opening, threshold "
+            "chosen by cross-validation on human-labelled rows (issue 41)")
 JUDGES.lazy("beaverdam", "sdd_bench.judges.guards:BeaverDam",
             "PKU-Alignment/beaver-dam-7b moderation (14 categories, flagged if max prob > 0.5; GPU + hub)")
 JUDGES.lazy("llamaguard", "sdd_bench.judges.guards:LlamaGuard",

@@ -1,4 +1,5 @@
-"""``sdd-bench judge`` and ``sdd-bench agreement``: re-judge stored generations, compare judges.
+"""``sdd-bench judge``, ``sdd-bench agreement`` and ``sdd-bench judge-eval``: re-judge stored generations,
+compare judges, and score judges against human labels (``judges.judge_eval``).
 
 Both work on a finished ``generate`` artifact (its directory, or ``generate/<key>`` inside
 ``--workdir``); each judge's verdicts are their own cached artifact, so ``agreement`` after
@@ -16,6 +17,14 @@ JUDGE_EXAMPLES = """examples:
   sdd-bench judge --generations generate/<key> --judges rubric --judge-base-url http://127.0.0.1:8000/v1 \\
       --judge-model smollm2 --judge-opt rubric.concurrency=1
   sdd-bench agreement --generations generate/<key> --judges harm-clf,keyword,rubric --judge-base-url ..."""
+
+
+JUDGE_EVAL_EXAMPLES = """examples:
+  sdd-bench judge-eval                                     # harm-clf on harmbench-val beside the stored judges
+  sdd-bench judge-eval --judges harm-clf,harm-clf-v2,keyword --out judge_eval.csv
+  sdd-bench judge-eval --set beavertails-judge-heldout --judges harm-clf,harm-clf-v2
+  sdd-bench judge-eval --set my_labels.json --judges none  # any file in HarmBench's validation shape
+harmbench-val is for measuring only: never train, design features or choose thresholds on it."""
 
 
 def _add_judge_opts(p, add_common) -> None:
@@ -38,7 +47,30 @@ def register_cli(sub, add_common) -> dict:
                        epilog=JUDGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--judges", required=True, help="two or more comma-separated judges (every pair is compared)")
     _add_judge_opts(p, add_common)
-    return {"judge": cmd_judge, "agreement": cmd_agreement}
+    p = sub.add_parser("judge-eval", help="score judges against human labels: agreement, Cohen's kappa, FPR, FNR "
+                       "with 95%% CIs, beside the reference judges' stored labels on the same items",
+                       description="Run judges live on a human-labelled set and print, as one table, each judge's "
+                       "agreement with the human label, Cohen's kappa, false-positive rate (human-safe items called "
+                       "harmful) and false-negative rate (human-harmful items called safe), with 95% CIs (Wilson for "
+                       "the rates, a bootstrap over groups of items for kappa), and the same for every reference "
+                       "judge whose labels the set stores (HarmBench's file: llama_guard, gpt-4-0613, cls, "
+                       "advbench keyword, ...).",
+                       epilog=JUDGE_EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--set", dest="eval_set", default="harmbench-val",
+                   help="labelled set: harmbench-val (default), beavertails-judge-heldout, or a path to a .json file "
+                        "in HarmBench's classifier-validation shape (unregistered: not checksummed)")
+    p.add_argument("--judges", default="harm-clf",
+                   help="comma-separated judges to run live (default harm-clf); 'none': stored labels only")
+    p.add_argument("--judge-model", help="model for API judges (rubric): name on the server")
+    p.add_argument("--judge-base-url", help="OpenAI-compatible base URL for API judges")
+    p.add_argument("--judge-opt", action="append", default=[], metavar="JUDGE.KEY=VALUE",
+                   help="judge config override, e.g. harm-clf.threshold=0.6")
+    p.add_argument("--out", help="also write the table: .csv (one row per judge) or .json (everything)")
+    p.add_argument("--n-boot", type=int, default=None,
+                   help="bootstrap resamples for kappa's CI (default 2000, see judges.judge_eval)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    add_common(p)
+    return {"judge": cmd_judge, "agreement": cmd_agreement, "judge-eval": cmd_judge_eval}
 
 
 def judge_overrides(names: list[str], judge_model: str | None, base_url: str | None,
@@ -146,4 +178,69 @@ def cmd_agreement(args) -> int:
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(rows, f, indent=2)
+    return 0
+
+
+def load_eval_set(name: str) -> tuple[list[dict], dict]:
+    """Rows of a labelled set and its provenance (registered name → checksummed; a path → its sha256)."""
+    import hashlib
+    from pathlib import Path
+
+    from sdd_bench.harness import data
+    from sdd_bench.harness.errors import DataError
+
+    from .judge_eval import SETS
+    if name in SETS:
+        return data.load(name), {"set": name, "data": data.get(name).fingerprints()}
+    p = Path(name)
+    if not p.suffix == ".json":
+        raise ConfigError(f"--set {name!r} is neither a registered labelled set ({', '.join(SETS)}) nor a .json file "
+                          f"in HarmBench's classifier-validation shape.")
+    if not p.is_file():
+        raise DataError(f"--set {name!r}: no such file. Give a registered set ({', '.join(SETS)}) or an existing "
+                        f".json file.")
+    raw = p.read_bytes()
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"--set {name!r} is not valid UTF-8 JSON ({err}); fix the file.") from err
+    rows = data.parse_harmbench_val(doc, str(p), p.name)
+    return rows, {"set": str(p), "data": [{"file": str(p), "sha256": hashlib.sha256(raw).hexdigest(),
+                                           "rows": len(rows), "verified": False}]}
+
+
+def cmd_judge_eval(args) -> int:
+    from sdd_bench.harness.store import Store, read_jsonl, write_jsonl
+
+    from .base import make_judge
+    from .judge_eval import N_BOOT, evaluate, format_table, live_calls, what_it_saw, write_out
+    if args.out and not args.out.endswith((".csv", ".json")):
+        raise ConfigError(f"--out {args.out!r} must end in .csv or .json (the format is taken from the suffix).")
+    n_boot = N_BOOT if args.n_boot is None else args.n_boot
+    if n_boot < 100:
+        raise ConfigError(f"--n-boot must be at least 100 for a 95% percentile interval, got {n_boot}.")
+    rows, prov = load_eval_set(args.eval_set)
+    if not all(fp.get("verified") for fp in prov["data"]):
+        print(f"{args.eval_set}: an unregistered file, not checksummed (sha256 {prov['data'][0]['sha256'][:16]}…)")
+    names = [] if args.judges.strip().lower() == "none" else _names(args.judges)
+    overrides = judge_overrides(names, args.judge_model, args.judge_base_url, args.judge_opt)
+    store = Store(args.workdir)
+    device = "cpu" if args.device == "auto" else args.device
+    live = {}
+    for n in names:
+        j = make_judge(n, overrides[n], store=store, device=device)
+        spec = {"judge": j.spec(), "labelled_set": prov}
+
+        def fn(tmp, j=j):  # calls only (True/False/None), never the items' text
+            write_jsonl(tmp / "calls.jsonl", [{"harmful": c} for c in live_calls(j, rows)])
+        art, hit = store.run("judge-eval", spec, [], fn)
+        calls = [r["harmful"] for r in read_jsonl(art.path / "calls.jsonl")]
+        live[n] = (calls, what_it_saw(n, prov["set"]))
+        print(f"{n}: {'cache hit' if hit else 'judged'} {art.path}")
+    res = evaluate(prov["set"], rows, live, n_boot=n_boot, seed=args.seed)
+    res["provenance"] = prov
+    print(format_table(res))
+    if args.out:
+        write_out(res, args.out)
+        print(f"wrote {args.out}")
     return 0

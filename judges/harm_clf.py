@@ -154,6 +154,21 @@ def split_by_prompt(rows: list[dict], frac: float, seed: int) -> tuple[list[int]
     return tr, he
 
 
+@lru_cache(maxsize=None)
+def v1_heldout_prompt_keys() -> frozenset:
+    """Normalized prompts that the default harm-clf (v1) held out from training (its 20% split, seed 0).
+
+    Rebuilt from the training rows exactly as ``train_head`` builds them, so it needs no trained head.
+    ``beavertails-judge-heldout`` (the BeaverTails set of ``sdd-bench judge-eval``) is the judge-partition
+    pairs among them, and harm-clf-v2 keeps them out of its own training and threshold choice."""
+    from sdd_bench.harness import data
+    from sdd_bench.harness.config import build
+    cfg = build(HarmClfConfig)
+    rows = build_training_rows(cfg)
+    _, held = split_by_prompt(rows, cfg.heldout_frac, cfg.seed)
+    return frozenset(data.normalize(rows[i]["prompt"]) for i in held)
+
+
 def features(prompts: list[str], responses: list[str], batch_size: int = 64, device: str = "cpu",
              opening_chars: int = 160) -> np.ndarray:
     from .relevance import embed
