@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -236,3 +237,42 @@ def write_out(res: dict, path: str) -> None:
             json.dump(res, f, indent=1)
     else:
         raise ConfigError(f"--out {path!r} must end in .csv or .json (the format is taken from the suffix).")
+
+
+# ------------------------------------------------------------------------------------------
+# judge cards: judge-eval's output on a human-labelled set, committed under judges/cards/ (numbers only, no items),
+# read by the leaderboard so every page says how far its judge agrees with humans (issue 41 item 4)
+CARDS_DIR = Path(__file__).resolve().parent / "cards"
+
+
+def card(judge: str, eval_set: str = "harmbench-val") -> dict | None:
+    """The committed judge-eval row of ``judge`` on ``eval_set`` with the card's date, commit and set sizes; None
+    when no card holds that judge."""
+    path = CARDS_DIR / f"{eval_set}.json"
+    if not path.is_file():
+        return None
+    d = json.loads(path.read_text(encoding="utf-8"))
+    row = next((r for r in d.get("rows", []) if r.get("judge") == judge and r.get("kind") == "live"), None)
+    if row is None:
+        return None
+    return dict(row, set=d.get("set", eval_set), n_items=d.get("n_items"), measured=d.get("measured"),
+                git=d.get("git"))
+
+
+def card_line(judge: str) -> str:
+    """One sentence for a leaderboard: the judge's agreement with the human majority, kappa, FPR and FNR with their
+    95% CIs, from its card; says so when the judge has no card."""
+    c = card(judge)
+    if c is None:
+        return (f"Judge: {judge} — not validated against human labels (no card in judges/cards/; "
+                f"`sdd-bench judge-eval --judges {judge}` measures it).")
+
+    def pct(block: dict) -> str:
+        lo, hi = block["ci95"]
+        return f"{100 * block['value']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+    k = c["kappa"]
+    return (f"Judge: {judge} — on {c['set']}'s {c['n']} human-labelled items it agrees with the human label on "
+            f"{pct(c['agreement'])} (Cohen's κ {k['value']:.2f} [{k['ci95'][0]:.2f}, {k['ci95'][1]:.2f}]); "
+            f"false-positive rate {pct(c['fpr'])}, false-negative rate {pct(c['fnr'])} "
+            f"(judge card, docs/judges.md; measured {c['measured']} at {c['git']}). Read every harm rate with that "
+            f"error in mind: it counts some safe engagement as harm and misses some harm.")

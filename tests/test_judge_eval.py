@@ -164,3 +164,19 @@ def test_cli_judge_eval_errors(tmp_path, capsys):
     f.write_text("{not json")
     assert main(["judge-eval", "--set", str(f), "--judges", "none", "--workdir", wd]) == 2
     assert "not valid UTF-8 JSON" in capsys.readouterr().err
+
+
+def test_the_leaderboard_says_how_far_its_judge_agrees_with_humans(tmp_path):
+    """The headline (markdown and page) carries the harm judge's card: agreement, kappa, FPR and FNR with CIs from
+    the committed judge-eval output; a judge without a card is said to be unvalidated."""
+    from sdd_bench.judges import judge_eval as JE
+    from test_leaderboards import make_record, report
+    c = JE.card("harm-clf")
+    assert c is not None and c["n"] == 300 and 0 < c["agreement"]["value"] < 1
+    rep = report(tmp_path, [make_record("none", "advbench-100"), make_record("sdd", "advbench-100")])
+    md = (rep.out / "headline.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("Judge: harm-clf"))
+    assert f"{100 * c['agreement']['value']:.1f}%" in line and f"{100 * c['fpr']['value']:.1f}%" in line
+    assert f"{100 * c['fnr']['value']:.1f}%" in line and "κ" in line
+    assert line.replace("'", "&#x27;") in (rep.out / "index.html").read_text()
+    assert "not validated" in JE.card_line("no-such-judge")
