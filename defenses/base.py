@@ -90,5 +90,23 @@ def share_installed(name: str, hits: list[bool], criterion_share: float, source:
             "source": source, **extra}
 
 
+def paired_installed(name: str, before: list[float], after: list[float], *, higher: bool, unit: str, source: str,
+                     **extra) -> dict:
+    """A mechanism measured on the same held-out units (batches, adversaries) for the model the defense started from
+    (``before``) and the defended one (``after``): the defended mean, the start mean beside it, and the paired
+    difference defended − start with its Student-t 95% interval; installed when that interval lies above 0
+    (``higher``: the defense must raise the number) or below 0 (it must lower it) — a change beyond unit noise."""
+    from statistics import mean
+
+    from sdd_bench.harness.reference_loss import paired_difference
+    diff = paired_difference(before, after)
+    lo, hi = diff["ci95"]
+    return {"name": name, "value": mean(after), "n": len(after), "per_unit": after, "start_value": mean(before),
+            "start_per_unit": before, "unit": unit, "ci95": [lo, hi],
+            "ci_of": f"defended − start, paired over {unit} (Student t)", "paired_diff": diff["mean_diff"],
+            "criterion": f"95% t interval of (defended − start) {'above' if higher else 'below'} 0",
+            "installed": bool(lo > 0 if higher else hi < 0), "source": source, **extra}
+
+
 def replace_cfg(cfg, **kw):
     return dataclasses.replace(cfg, **kw)
