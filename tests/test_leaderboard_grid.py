@@ -71,9 +71,22 @@ def test_real_two_backbone_grid_report(two_backbones):
     for name, top in (("table1_paper.md", 100.0), ("headline.md", 100.0), ("table2_paper.md", 100.0),
                       ("finetune_accuracy.md", 100.0), ("table1.md", 1.0)):
         text = (out / name).read_text().split("## Paper")[0]
+        # the reference-loss row is in nats (its paired Δ from none may be negative): checked below
+        text = "\n".join(line for line in text.splitlines() if "ref. loss" not in line)
         ivs = [(float(a), float(b)) for a, b in INTERVAL.findall(text)]
         assert ivs, name
         assert all(0.0 <= lo < hi <= top for lo, hi in ivs), (name, [x for x in ivs if not 0 <= x[0] < x[1] <= top])
+    # every cell measured the reference-answer loss: Table 2's row has a positive value with an interval in each
+    # measured column, and a paired Δ from none whose interval is ordered
+    ref_rows = [line for line in (out / "table2_paper.md").read_text().splitlines() if line.startswith("| ref. loss")]
+    assert ref_rows
+    for line in ref_rows:
+        cells = [c.strip() for c in line.strip("|").split("|")[1:]]
+        for c in cells:
+            if c == "—":
+                continue
+            ivs = [(float(a), float(b)) for a, b in INTERVAL.findall(c)]
+            assert 0 < ivs[0][0] <= ivs[0][1] and all(lo <= hi for lo, hi in ivs), line
     # Table 1: per backbone, malicious attacks only, one column each, HS/HR-style pairs in %, XSTest column
     t1 = (out / "table1_paper.md").read_text()
     assert "## tiny (tiny profile)" in t1 and "## tiny-aligned (tiny profile)" in t1
