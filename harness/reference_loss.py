@@ -18,11 +18,11 @@ half, ``alpaca-eval-pool``.  Items are the first ``n`` after the evaluation shuf
 same order the benign generation set is drawn from.
 
 Defaults and where they come from (our choices; the papers report no such number):
-- ``n`` per profile (:data:`N_ITEMS`): tiny 4 (code paths only), smoke 128 (about 30 s of forward passes on one
-  CPU thread; the paired standard error of a mean difference is then a few hundredths of a nat), paper: the whole
-  held-out half (about 400).
-- ``max_length`` 512 tokens (prompt + answer), the smoke attacks' training length bound; longer answers are cut
-  (the record says how many tokens were scored).
+- ``n`` and the token window per profile (:data:`SIZES`): tiny 4 answers, 64 tokens (code paths only); smoke 64
+  answers, 256 tokens (prompt + answer; longer answers are cut, the record says how many tokens were scored):
+  measured 2026-12-07, 128 answers at 512 tokens took 557 s of one contended CPU thread per evaluation, longer than
+  the lm-eval capability stage, so the smoke size was cut 8× in tokens; 64 paired answers still resolve differences
+  of a few hundredths of a nat.  paper: every held-out answer (about 400), 512 tokens.
 - ``batch_size`` 8: forward passes only.
 """
 from __future__ import annotations
@@ -35,8 +35,8 @@ from pathlib import Path
 from .errors import ConfigError
 
 DATASET = "alpaca-eval-heldout"
-N_ITEMS = {"tiny": 4, "smoke": 128, "paper": None}   # None: every held-out item
-MAX_LENGTH = 512
+SIZES = {"tiny": (4, 64), "smoke": (64, 256), "paper": (None, 512)}  # (answers, token window); None: every answer
+MAX_LENGTH = 512  # per_item_losses' default window
 BATCH_SIZE = 8
 STAGE = "reference-loss"
 VERSION = 1
@@ -129,21 +129,21 @@ def reference_loss_stage(store, ref, profile: str, template: str, seed: int, *, 
     summary, the settings and ``per_item`` (losses only: no text)."""
     from . import data, models
     from .store import write_json
-    if n is None:
-        if profile not in N_ITEMS:
-            raise ConfigError(f"reference loss: no item count for profile {profile!r}; known: {', '.join(N_ITEMS)}.")
-        n = N_ITEMS[profile]
+    if profile not in SIZES:
+        raise ConfigError(f"reference loss: no size for profile {profile!r}; known: {', '.join(SIZES)}.")
+    n = SIZES[profile][0] if n is None else n
+    window = SIZES[profile][1]
     spec = {"model": ref.identity(), "dataset": DATASET, "data": data.get(DATASET).fingerprints(), "n": n, "seed": seed,
-            "template": template, "max_length": MAX_LENGTH, "version": VERSION}
+            "template": template, "max_length": window, "version": VERSION}
 
     def fn(tmp: Path):
         t0 = time.time()
         pairs = items(n, seed)
         model, tok = loaded if loaded is not None else models.load(ref, device=models.resolve_device(device))
-        losses, counts = per_item_losses(model, tok, template, pairs)
+        losses, counts = per_item_losses(model, tok, template, pairs, max_length=window)
         out = summarize(losses, counts)
         out.update({"dataset": DATASET, "n_requested": n, "seed": seed, "template": template,
-                    "max_length": MAX_LENGTH, "version": VERSION, "seconds": round(time.time() - t0, 2),
+                    "max_length": window, "version": VERSION, "seconds": round(time.time() - t0, 2),
                     "per_item": [round(x, 5) for x in losses]})
         write_json(tmp / "result.json", out)
 

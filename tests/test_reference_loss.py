@@ -59,7 +59,7 @@ def test_stage_is_cached_and_keyed_on_the_model(store, tiny_ref, tiny_loaded):
     art, hit = RL.reference_loss_stage(store, tiny_ref, "tiny", "chat", 1234, loaded=tiny_loaded)
     import json
     out = json.loads((art.path / "result.json").read_text())
-    assert not hit and out["n"] == RL.N_ITEMS["tiny"] == len(out["per_item"]) and out["dataset"] == RL.DATASET
+    assert not hit and out["n"] == RL.SIZES["tiny"][0] == len(out["per_item"]) and out["max_length"] == RL.SIZES["tiny"][1] and out["dataset"] == RL.DATASET
     assert all(math.isfinite(x) for x in out["per_item"]) and out["ci95"][0] <= out["value"] <= out["ci95"][1]
     again, hit = RL.reference_loss_stage(store, tiny_ref, "tiny", "chat", 1234, loaded=tiny_loaded)
     assert hit and again.path == art.path
