@@ -908,7 +908,10 @@ def answer(record: dict, reference: dict | None = None) -> str:
     hk = metric.key
 
     def fmt(cond):
-        v, lo, hi, _ = metric.read(cond.get("harmful") or {})
+        v, lo, hi, n = metric.read(cond.get("harmful") or {})
+        if metric.is_rate and n:  # the interval the tables give one seed (Wilson): 0/n is not certainty
+            from .metrics import interval
+            lo, hi = interval([v], [n])["ci95"]
         return f"{v:.0%} [{lo:.0%}, {hi:.0%}]"
     parts = [f"answer ({hk}): {cell['defense']} {fmt(m['initial'])} harmful before"]
     if "attacked" in m:
@@ -921,6 +924,9 @@ def answer(record: dict, reference: dict | None = None) -> str:
     caps = [capability_mean(m[c].get("capability") or {}) for c in ("initial", "attacked") if c in m]
     if caps and all(c is not None for c in caps):
         parts.append("capability " + " → ".join(f"{c.value:.3f}" for c in caps))
+    losses = [(m[c].get("reference_loss") or {}).get("value") for c in ("initial", "attacked") if c in m]
+    if losses and all(x is not None for x in losses):
+        parts.append("reference-answer loss " + " → ".join(f"{x:.3f}" for x in losses) + " nats/token")
     return "; ".join(parts)
 
 

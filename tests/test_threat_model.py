@@ -171,3 +171,16 @@ def test_defender_side_prompts_may_overlap_but_not_the_attackers_or_evaluations(
     monkeypatch.setattr(models, "alignment_rows", lambda name, seed=0: [dict(prompt=attack_rows[0]["prompt"], kind="refusal")])
     with pytest.raises(Exception, match="overlap between .*attack:beavertails-10|overlap between attack:beavertails-10"):
         pipeline.preflight(r)
+
+
+def test_answer_line_gives_zero_of_n_a_wilson_interval_and_the_reference_loss():
+    """0 harmful of 64 is not certainty: the answer line uses the tables' interval (Wilson), not the record's
+    zero-width bootstrap; and it reports the reference-answer loss before → after."""
+    rec = _rec("sdd", 0.0, 0.5)
+    for cond, loss in (("initial", 1.9), ("attacked", 2.4)):
+        rec["metrics"][cond]["harmful"]["harm-clf:harmful_rate"].update(n=64, ci95=[0.0, 0.0] if cond == "initial"
+                                                                        else [0.4, 0.6])
+        rec["metrics"][cond]["reference_loss"] = {"value": loss, "ci95": [loss - 0.1, loss + 0.1], "n": 64}
+    line = pipeline.answer(rec)
+    assert "sdd 0% [0%, 6%] harmful before" in line  # Wilson upper bound of 0/64: 5.7%
+    assert "reference-answer loss 1.900 → 2.400 nats/token" in line
