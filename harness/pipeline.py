@@ -150,7 +150,7 @@ def resolve(spec: RunSpec) -> Resolved:
         raise ConfigError("attack options were given but the attack is 'none'.")
     for j in spec.judges:
         JUDGES.canonical(j)
-    running = {JUDGES.canonical(j) for j in (*BASE_JUDGES, *spec.judges, *HARMFUL_ONLY_JUDGES)}
+    running = {JUDGES.canonical(j) for j in cell_judges(spec)}
     for j, opts in spec.judge_options.items():  # checked here, not when the judge first runs
         cls = JUDGES.get(j)
         if not isinstance(opts, dict):
