@@ -4,7 +4,10 @@ Presets are declared here without importing torch; ``sdd-bench ls attacks`` list
 """
 from sdd_bench.harness.registry import ATTACKS
 
+from .base import check_attack_preset
 from .finetune import Preset
+
+ATTACKS.set_contract(check_attack_preset)  # every registration must be an attacks.base.AttackPreset
 
 _SIZES = {"10": 10, "50": 50, "100": 100, "500": 500, "1k": 1000, "4k": 4000}
 

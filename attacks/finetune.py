@@ -49,6 +49,8 @@ from sdd_bench.harness.config import build, param, to_dict
 from sdd_bench.harness.errors import ConfigError
 from sdd_bench.harness.training import TrainConfig, checkpoint_steps, dose, total_steps, train_sft
 
+from .base import Attack, AttackPreset
+
 ATTACK_DATASETS = ("advbench-responses", "advbench", "beavertails-attack", "sharegpt", "alpaca-gpt4-1k", "dolly-1k", "sst2-train",
                    "agnews-train", "gsm8k-train")
 HARMFUL = ("advbench-responses", "advbench", "beavertails-attack")
@@ -158,7 +160,7 @@ class AttackConfig:
         return out
 
 
-class FinetuneAttack:
+class FinetuneAttack(Attack):
     """Build the attack data and fine-tune; ``kind`` is mft (harmful), bft (benign) or poison."""
     Config = AttackConfig
     PROFILE = {"tiny": {"max_steps": 2, "max_length": 64, "donor_max_new_tokens": 8, "donor_min_words": 0,
@@ -274,6 +276,11 @@ class FinetuneAttack:
         """Optimizer steps this attack runs: ``steps`` if set, else min(the profile's cap, the recipe's steps)."""
         return self.step_plan()[0]
 
+    @property
+    def checkpoints(self) -> tuple[float, ...]:
+        """The trajectory fractions of its ``checkpoints`` option."""
+        return tuple(self.cfg.checkpoints)
+
     def _trainer_steps(self) -> int | None:
         """``TrainConfig.max_steps`` (an exact count there): set when the steps are not the recipe's epochs."""
         steps, source = self.step_plan()
@@ -345,7 +352,7 @@ def _take(src: list[dict], n: int, rng: random.Random) -> tuple[list[dict], int]
 
 
 @dataclass(frozen=True)
-class Preset:
+class Preset(AttackPreset):
     """A named attack: fixed overrides of ``AttackConfig`` (+ profile sizes + user overrides)."""
     name: str
     overrides: dict

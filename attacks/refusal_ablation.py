@@ -83,6 +83,8 @@ from sdd_bench.harness.config import build, param, to_dict
 from sdd_bench.harness.errors import ConfigError, SddBenchError
 from sdd_bench.harness.store import dumps_strict, write_json
 
+from .base import Attack, AttackPreset
+
 HARMFUL_SOURCES = ("beavertails-attack", "advbench")  # attack-side harmful prompts only (DESIGN §10)
 HARMLESS_SOURCES = ("alpaca-gpt4-1k", "dolly-1k")
 VERSION = 1
@@ -125,7 +127,7 @@ class AblationConfig:
         return {"method": "refusal-direction ablation (Arditi et al. 2024)", "training": "none"}
 
 
-class RefusalAblation:
+class RefusalAblation(Attack):
     """Find the refusal direction and project it out of every weight that writes into the residual stream."""
     Config = AblationConfig
     PROFILE = {"tiny": {"n_train": 8, "n_val": 4, "filter_prompts": False, "require_filtered": False,
@@ -522,7 +524,7 @@ def max_component(model, direction) -> float:
 
 
 @dataclass(frozen=True)
-class AblationPreset:
+class AblationPreset(AttackPreset):
     """A named refusal-ablation attack: fixed overrides of ``AblationConfig`` (+ profile sizes + user overrides)."""
     name: str
     overrides: dict

@@ -34,6 +34,8 @@ from typing import ClassVar
 from sdd_bench.harness.config import build, param, to_dict
 from sdd_bench.harness.errors import ConfigError
 
+from .base import Attack, AttackPreset
+
 VERSION = 1
 _PHASE_FLAGS = ("lr", "epochs", "batch_size", "max_steps", "lora", "lora_r", "lora_alpha", "optimizer", "max_length")
 
@@ -71,7 +73,7 @@ def _phase(name: str, options: dict, profile: str, role: str):
     return a
 
 
-class RestoreAttack:
+class RestoreAttack(Attack):
     """Harmful fine-tuning (its own cached attack stage), then benign fine-tuning of its output."""
     Config = RestoreConfig
     kind = "mft"  # a malicious attack for tables and the leaderboard's worst case
@@ -133,7 +135,7 @@ class RestoreAttack:
 
 
 @dataclass(frozen=True)
-class RestorePreset:
+class RestorePreset(AttackPreset):
     """A named restore attack: fixed overrides of ``RestoreConfig`` (+ user overrides)."""
     name: str
     overrides: dict

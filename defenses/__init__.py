@@ -1,6 +1,10 @@
 """Defenses: one file per method (see each module's docstring for the paper and defaults)."""
 from sdd_bench.harness.registry import DEFENSES
 
+from .base import check_defense_class
+
+DEFENSES.set_contract(check_defense_class)  # every registration must fulfil defenses.base.Defense
+
 DEFENSES.lazy("none", "sdd_bench.defenses.none:NoDefense", "no defense: the model as is")
 DEFENSES.lazy("refusal-sft", "sdd_bench.defenses.refusal_sft:RefusalSFT",
               "safety SFT on harmful prompts → refusals + benign pairs (the aligned starting point)")

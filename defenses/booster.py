@@ -58,7 +58,7 @@ from sdd_bench.harness.registry import DEFENSES
 from sdd_bench.harness.training import load_trainable, train_sft
 
 from . import _common as C
-from .base import Defense
+from .base import BuiltData, Defense, prompts_of
 
 
 @dataclass(frozen=True)
@@ -189,14 +189,21 @@ class Booster(Defense):
                                                        "minimised", alpha=self.cfg.alpha, batch_size=self.cfg.batch_size,
                                 data={"harmful": "beavertails-attack (unsafe pairs; never trained on by a defense)"})
 
-    def build_data(self, seed: int = 0) -> tuple[list[dict], list[dict]]:
-        harmful = C.harmful_rows(self.cfg.n_harmful, seed + 1)
-        return alignment_pairs(harmful, self.cfg.n_align, seed), harmful
+    def build_data(self, seed: int = 0) -> BuiltData:
+        """Alignment rows (the harmful prompts with refusals) and, in ``parts["harmful"]``, the harmful stream of the
+        simulated harmful step."""
+        c = self.cfg
+        harmful = C.harmful_rows(c.n_harmful, seed + 1)
+        align = alignment_pairs(harmful, c.n_align, seed)
+        return BuiltData(align, harmful_prompts=prompts_of(align) + prompts_of(harmful), parts={"harmful": harmful},
+                         stats={"alignment": len(align), "harmful": len(harmful), "requested": [c.n_align, c.n_harmful],
+                                "alignment_refusals": "REFUSAL_TEMPLATES (RepNoise's paired refusals not available)"})
 
-    def defend(self, ref, out_dir, ctx):
+    def defend(self, ref, out_dir, ctx, built=None):
         from sdd_bench.harness import models
         c = self.cfg
-        align, harmful = self.build_data(ctx.seed)
+        built = self.data_for(ctx, built)
+        align, harmful = built.rows, built.parts["harmful"]
         device = models.resolve_device(ctx.device)
         model, tok = load_trainable(ref, device)
         hs = C.BatchCycler(C.tokenize(tok, ctx.template, harmful, c.max_length), c.batch_size, tok.pad_token_id,
@@ -212,7 +219,6 @@ class Booster(Defense):
                               progress=ctx.progress, name="booster", trainer_cls=_T, model_and_tok=(model, tok),
                               trainer_kwargs={"harmful": hs, "lam": c.lam, "alpha": c.alpha})
         log = box["t"].reg_log
-        info["data_stats"] = {"alignment": len(align), "harmful": len(harmful), "requested": [c.n_align, c.n_harmful],
-                              "alignment_refusals": "REFUSAL_TEMPLATES (RepNoise's paired refusals not available)"}
+        info["data_stats"] = dict(built.stats)
         info["regularizer"] = {"first": log[0] if log else None, "last": log[-1] if log else None}
         return new, info

@@ -51,7 +51,7 @@ from sdd_bench.harness.registry import DEFENSES
 from sdd_bench.harness.training import load_trainable, train_sft
 
 from . import _common as C
-from .base import Defense
+from .base import BuiltData, Defense, prompts_of
 
 
 @dataclass(frozen=True)
@@ -81,22 +81,34 @@ class DeepAlignConfig:
 def recovery_examples(harmful: list[dict], tok, k_max: int, p_k0: float, seed: int) -> list[dict]:
     """Harmful prompt + first k tokens of its harmful response (``prefill``, not trained on) + a refusal.
 
-    ``tok`` is the model's tokenizer, which cuts the prefix.  With ``tok=None`` (the pipeline's provenance
-    check, which needs only the prompts and has no model at hand) ``prefill`` and ``k`` are None; the
-    prompts, refusals and random draws are the same either way."""
+    ``tok`` is the model's tokenizer, which cuts the prefix.  With ``tok=None`` (``build_data``: the data is built
+    before any model is at hand) ``prefill`` and ``k`` are None and each row keeps its drawn ``k_draw`` and its
+    ``harmful_response``, so that :func:`cut_prefixes` can finish it with the tokenizer later; the prompts,
+    refusals and random draws are the same either way."""
     rng = random.Random(seed)
     out = []
     for r in harmful:
         k0 = rng.random() < p_k0
         k_draw = rng.randint(1, k_max) if not k0 else 0
-        if tok is None:
-            prefix, k = None, None
-        else:
-            ids = tok(r["response"], add_special_tokens=False)["input_ids"]
-            k = min(len(ids), k_draw)
-            prefix = tok.decode(ids[:k]) if k else ""
         refusal = C.refusal_for(r["prompt"], rng)
-        out.append({"prompt": r["prompt"], "prefill": prefix, "response": (" " if prefix else "") + refusal,
+        out.append({"prompt": r["prompt"], "prefill": None, "response": refusal, "k": None, "kind": "recovery",
+                    "k_draw": k_draw, "harmful_response": r["response"]})
+    return out if tok is None else cut_prefixes(out, tok)
+
+
+def cut_prefixes(rows: list[dict], tok) -> list[dict]:
+    """Recovery rows of ``recovery_examples(…, tok=None)`` finished with the tokenizer: ``prefill`` = the first
+    min(k_draw, answer length) tokens of the harmful answer, the refusal after a space when there is a prefix, and
+    ``k`` the tokens kept; other rows unchanged.  Order is kept."""
+    out = []
+    for r in rows:
+        if r.get("kind") != "recovery":
+            out.append(r)
+            continue
+        ids = tok(r["harmful_response"], add_special_tokens=False)["input_ids"]
+        k = min(len(ids), r["k_draw"])
+        prefix = tok.decode(ids[:k]) if k else ""
+        out.append({"prompt": r["prompt"], "prefill": prefix, "response": (" " if prefix else "") + r["response"],
                     "k": k, "kind": "recovery"})
     return out
 
@@ -176,20 +188,21 @@ class DeepAlign(Defense):
                                continuation_tokens=CONTINUATION_TOKENS, judge="keyword (refusal-prefixes)",
                                data={"harmful": "beavertails-attack unsafe pairs (never trained on by a defense)"})
 
-    def build_data(self, seed: int = 0, tok=None) -> list[dict]:
-        """Recovery + benign anchor rows; ``tok`` cuts the harmful prefixes (see ``recovery_examples``)."""
+    def build_data(self, seed: int = 0) -> BuiltData:
+        """Recovery + benign anchor rows, the harmful prefixes not yet cut (``defend`` cuts them with the model's
+        tokenizer: ``cut_prefixes``)."""
         c = self.cfg
-        rows = recovery_examples(C.harmful_rows(c.n_recovery, seed), tok, c.k_max, c.p_k0, seed)
+        rows = recovery_examples(C.harmful_rows(c.n_recovery, seed), None, c.k_max, c.p_k0, seed)
         benign = C.benign_rows(round(len(rows) * c.benign_ratio), seed + 1, c.benign_dataset)
         rows += [dict(b, prefill="", kind="benign") for b in benign]
         random.Random(seed + 2).shuffle(rows)
-        return rows
+        return BuiltData(rows, harmful_prompts=prompts_of(rows))  # the recovery rows' prompts (benign: anchors)
 
-    def defend(self, ref, out_dir, ctx):
+    def defend(self, ref, out_dir, ctx, built=None):
         from sdd_bench.harness import models
         c = self.cfg
         model, tok = load_trainable(ref, models.resolve_device(ctx.device))
-        rows = self.build_data(ctx.seed, tok)
+        rows = cut_prefixes(self.data_for(ctx, built).rows, tok)
         new, info = train_sft(ref, rows, C.lora_train_config(c, ctx.seed, grad_accum=c.grad_accum), out_dir, ctx.template, device=ctx.device,
                               progress=ctx.progress, name="deepalign", model_and_tok=(model, tok))
         rec = [r for r in rows if r["kind"] == "recovery"]

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from sdd_bench.harness.registry import DEFENSES
 
-from .base import Defense
+from .base import BuiltData, Defense
 
 
 @dataclass(frozen=True)
@@ -18,5 +18,8 @@ class NoDefense(Defense):
     Config = NoneConfig
     identity = True  # the pipeline skips training and reuses the input weights
 
-    def defend(self, ref, out_dir, ctx):
+    def build_data(self, seed: int = 0) -> BuiltData:
+        return BuiltData.empty()
+
+    def defend(self, ref, out_dir, ctx, built=None):
         return ref, {"note": "no defense"}

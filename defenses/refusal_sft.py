@@ -35,7 +35,7 @@ from sdd_bench.harness.config import param
 from sdd_bench.harness.registry import DEFENSES
 from sdd_bench.harness.training import TrainConfig, train_sft
 
-from .base import Defense
+from .base import BuiltData, Defense, prompts_of
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class RefusalSFT(Defense):
                "smoke": {"max_steps": 60}, "paper": {}}
     datasets = ("refusals",)
 
-    def build_data(self, seed: int = 0) -> list[dict]:
+    def build_data(self, seed: int = 0) -> BuiltData:
         c = self.cfg
         rng = random.Random(seed)
         refusals = data.load("refusals")
@@ -96,7 +96,7 @@ class RefusalSFT(Defense):
             rng.shuffle(safe)
             rows += [dict(r, kind="benign") for r in safe[:c.n_safe_anchors]]
         rng.shuffle(rows)
-        return rows
+        return BuiltData(rows, harmful_prompts=prompts_of(rows))  # the refusal rows' prompts (benign: anchors)
 
     def spec(self) -> dict:
         s = super().spec()
@@ -105,9 +105,9 @@ class RefusalSFT(Defense):
             s["data"] += data.get("beavertails-defense").fingerprints()
         return s
 
-    def defend(self, ref, out_dir, ctx):
+    def defend(self, ref, out_dir, ctx, built=None):
         c = self.cfg
-        rows = self.build_data(ctx.seed)
+        rows = self.data_for(ctx, built).rows
         tc = TrainConfig(lr=c.lr, epochs=c.epochs, max_steps=c.max_steps, batch_size=c.batch_size,
                          max_length=c.max_length, lora=c.lora, lora_r=c.lora_r, lora_alpha=2 * c.lora_r, seed=ctx.seed)
         new, info = train_sft(ref, rows, tc, out_dir, ctx.template, device=ctx.device, progress=ctx.progress,

@@ -66,7 +66,7 @@ from sdd_bench.harness.registry import DEFENSES
 from sdd_bench.harness.training import load_trainable, train_sft
 
 from . import _common as C
-from .base import Defense
+from .base import BuiltData, Defense, prompts_of
 
 
 @dataclass(frozen=True)
@@ -305,13 +305,15 @@ class RepNoise(Defense):
                                 start_mmd_to_noise=mean(p["mmd"] for p in before), batch_size=self.cfg.batch_size,
                                 data={"harmful": "beavertails-attack (unsafe pairs; never trained on by a defense)"})
 
-    def build_data(self, seed: int = 0) -> list[dict]:
-        return paired_rows(self.cfg.n_pairs, seed)
+    def build_data(self, seed: int = 0) -> BuiltData:
+        rows = paired_rows(self.cfg.n_pairs, seed)
+        return BuiltData(rows, harmful_prompts=prompts_of(rows), stats={"pairs": len(rows), "requested": self.cfg.n_pairs})
 
-    def defend(self, ref, out_dir, ctx):
+    def defend(self, ref, out_dir, ctx, built=None):
         from sdd_bench.harness import models
         c = self.cfg
-        rows = self.build_data(ctx.seed)
+        built = self.data_for(ctx, built)
+        rows = built.rows
         model, tok = load_trainable(ref, models.resolve_device(ctx.device))
         twins = C.tokenize(tok, ctx.template, [{"prompt": r["prompt"], "response": r["refusal"]} for r in rows],
                            c.max_length)
@@ -329,6 +331,6 @@ class RepNoise(Defense):
                               trainer_kwargs={"beta": c.beta, "alpha": c.alpha, "kernel_mul": c.mmd_kernel_mul,
                                               "kernel_num": c.mmd_kernel_num, "pad_id": tok.pad_token_id})
         log = box["t"].parts_log
-        info["data_stats"] = {"pairs": len(rows), "requested": c.n_pairs}
+        info["data_stats"] = dict(built.stats)
         info["loss_parts"] = {"first": log[0] if log else None, "last": log[-1] if log else None}
         return new, info

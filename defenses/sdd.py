@@ -59,7 +59,7 @@ from sdd_bench.harness.config import param
 from sdd_bench.harness.registry import DEFENSES
 from sdd_bench.harness.training import TrainConfig, train_sft
 
-from .base import Defense, MechanismProbe, share_installed
+from .base import BuiltData, Defense, MechanismProbe, prompts_of, share_installed
 
 RESPONSE_POOLS = ("alpaca-gpt4-1k", "dolly-1k", "alpaca-eval-pool")
 
@@ -185,7 +185,7 @@ class SDD(Defense):
         c = self.cfg
         return c.max_steps if c.max_steps is not None else max(1, math.ceil(c.passes * n_rows / c.batch_size))
 
-    def build_data(self, seed: int = 0) -> tuple[list[dict], dict]:
+    def build_data(self, seed: int = 0) -> BuiltData:
         c = self.cfg
         prompts = balanced_harmful_prompts(c.n_pairs, seed)
         pairs, stats = pair_irrelevant(prompts, response_pool(c.pool_limit), c.sim_threshold, c.max_tries, seed)
@@ -203,11 +203,12 @@ class SDD(Defense):
             rows += [dict(b, kind="benign") for b in benign[:round(len(pairs) * c.benign_ratio)]]
             rng.shuffle(rows)
         stats["benign_pairs"] = sum(r["kind"] == "benign" for r in rows)
-        return rows, stats
+        return BuiltData(rows, harmful_prompts=prompts_of(rows), stats=stats)
 
-    def defend(self, ref, out_dir, ctx):
+    def defend(self, ref, out_dir, ctx, built=None):
         c = self.cfg
-        rows, stats = self.build_data(ctx.seed)
+        built = self.data_for(ctx, built)
+        rows, stats = built.rows, dict(built.stats)
         tc = TrainConfig(lr=c.lr, max_steps=self.train_steps(len(rows)), batch_size=c.batch_size,
                          max_length=c.max_length, lora=c.lora, lora_r=c.lora_r, lora_alpha=c.lora_alpha,
                          scheduler=c.scheduler, seed=ctx.seed)

@@ -93,7 +93,7 @@ from sdd_bench.harness.config import param
 from sdd_bench.harness.registry import DEFENSES
 from sdd_bench.harness.training import PadCollator, TrainConfig, load_trainable, tokenize_pairs, train_sft
 
-from .base import Defense, MechanismProbe
+from .base import BuiltData, Defense, MechanismProbe, prompts_of
 
 # Generic refusals for D_aln (written for this file; no topic words, so they fit any prompt).
 REFUSALS = (
@@ -468,15 +468,17 @@ class SEAM(Defense):
         s["refusal_templates"] = list(REFUSALS)
         return s
 
-    def build_data(self, seed: int = 0) -> tuple[list[dict], dict]:
+    def build_data(self, seed: int = 0) -> BuiltData:
         c = self.cfg
-        return build_triplets(c.n_adv, c.n_bgn, c.benign_dataset, seed)
+        rows, stats = build_triplets(c.n_adv, c.n_bgn, c.benign_dataset, seed)
+        return BuiltData(rows, harmful_prompts=prompts_of(rows), stats=stats)  # D_adv's prompts (D_aln shares them)
 
-    def defend(self, ref, out_dir, ctx):
+    def defend(self, ref, out_dir, ctx, built=None):
         import torch
         from sdd_bench.harness import models
         c = self.cfg
-        rows, stats = self.build_data(ctx.seed)
+        built = self.data_for(ctx, built)
+        rows, stats = built.rows, dict(built.stats)
         device = models.resolve_device(ctx.device)
         model, tok = load_trainable(ref, device)
         if next(model.parameters()).dtype not in (torch.float32, torch.float64):

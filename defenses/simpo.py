@@ -47,7 +47,7 @@ from sdd_bench.harness.registry import DEFENSES
 from sdd_bench.harness.training import checkpointing_argument
 
 from . import _common as C
-from .base import Defense
+from .base import BuiltData, Defense, prompts_of
 
 
 @dataclass(frozen=True)
@@ -178,10 +178,11 @@ class SimPO(Defense):
                                data={"pairs": "beavertails-attack unsafe prompts: refusal template vs harmful answer "
                                               "(never trained on by a defense)"})
 
-    def build_data(self, seed: int = 0) -> list[dict]:
-        return preference_pairs(self.cfg.n_pairs, seed)
+    def build_data(self, seed: int = 0) -> BuiltData:
+        rows = preference_pairs(self.cfg.n_pairs, seed)
+        return BuiltData(rows, harmful_prompts=prompts_of(rows))
 
-    def defend(self, ref, out_dir, ctx):
+    def defend(self, ref, out_dir, ctx, built=None):
         import shutil
 
         from transformers import set_seed
@@ -192,7 +193,7 @@ class SimPO(Defense):
         device = models.resolve_device(ctx.device)
         set_seed(ctx.seed)
         model, tok = load_trainable(ref, device)
-        rows = templated(self.build_data(ctx.seed), tok, ctx.template)
+        rows = templated(self.data_for(ctx, built).rows, tok, ctx.template)
         trainer = make_trainer(model, tok, rows, c, out_dir / "_trainer", device, ctx.seed, c.lora, ctx.progress)
         t0 = time.time()
         trainer.train()

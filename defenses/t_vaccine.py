@@ -56,6 +56,7 @@ from sdd_bench.harness.config import param
 from sdd_bench.harness.registry import DEFENSES
 
 from . import _common as C
+from .base import BuiltData, prompts_of
 from .vaccine import PerturbedAlignmentTrainer, Vaccine
 
 
@@ -161,14 +162,19 @@ class TVaccine(Vaccine):
     # harmful batch every probe_every steps (authors); 2: attention outputs
     version = 4
 
-    def build_data(self, seed: int = 0) -> tuple[list[dict], list[dict]]:
-        return C.alignment_rows(self.cfg.n_align, seed), C.harmful_rows(self.cfg.n_probe, seed + 1)
+    def build_data(self, seed: int = 0) -> BuiltData:
+        """Alignment rows (harmful prompt → safe answer) and, in ``parts["probe"]``, the harmful pairs the layer
+        importances are measured on: both streams' prompts are harmful prompts the defense sees."""
+        rows, harmful = C.alignment_rows(self.cfg.n_align, seed), C.harmful_rows(self.cfg.n_probe, seed + 1)
+        return BuiltData(rows, harmful_prompts=prompts_of(rows) + prompts_of(harmful), parts={"probe": harmful},
+                         stats={"alignment": len(rows), "harmful_probe": len(harmful)})
 
-    def defend(self, ref, out_dir, ctx):
+    def defend(self, ref, out_dir, ctx, built=None):
         from sdd_bench.harness import models
         from sdd_bench.harness.training import load_trainable, train_sft
         c = self.cfg
-        rows, harmful = self.build_data(ctx.seed)
+        built = self.data_for(ctx, built)
+        rows, harmful = built.rows, built.parts["probe"]
         model, tok = load_trainable(ref, models.resolve_device(ctx.device))
         probe = C.BatchCycler(C.tokenize(tok, ctx.template, harmful, c.max_length), c.probe_batch, tok.pad_token_id,
                               ctx.seed)
@@ -185,7 +191,7 @@ class TVaccine(Vaccine):
                                               "probe_every": c.probe_every},
                               model_and_tok=(model, tok))
         tr = box["trainer"]
-        info["data_stats"] = {"alignment": len(rows), "harmful_probe": len(harmful)}
+        info["data_stats"] = dict(built.stats)
         info["layer_samples"] = tr.sample_history
         info["layer_importance"] = [(step, {str(k): round(v, 6) for k, v in imp.items()}) for step, imp in tr.probe_history]
         return new, info

@@ -73,7 +73,7 @@ from sdd_bench.harness.registry import DEFENSES
 from sdd_bench.harness.training import load_trainable, train_sft
 
 from . import _common as C
-from .base import Defense
+from .base import BuiltData, Defense, prompts_of
 
 
 @dataclass(frozen=True)
@@ -330,17 +330,22 @@ class TAR(Defense):
                                            "optimizer": "AdamW", "batch": self.cfg.adversary_batch_size},
                                 data={"harmful": "beavertails-attack unsafe pairs (never trained on by a defense)"})
 
-    def build_data(self, seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
-        """(retain, adversary harmful rows, held-out harmful rows for x_tr): the harmful halves are disjoint."""
+    def build_data(self, seed: int = 0) -> BuiltData:
+        """Retain rows (benign) and, in ``parts``, the adversary's harmful rows and the held-out harmful rows for
+        x_tr (disjoint halves); the harmful prompts are those two halves', not the retain rows'."""
         c = self.cfg
         harmful = C.harmful_rows(c.n_harmful, seed)
         half = len(harmful) // 2
-        return C.benign_rows(c.n_retain, seed + 2), harmful[:half], harmful[half:]
+        retain, adversary, heldout = C.benign_rows(c.n_retain, seed + 2), harmful[:half], harmful[half:]
+        return BuiltData(retain, harmful_prompts=prompts_of(adversary) + prompts_of(heldout),
+                         parts={"adversary": adversary, "heldout": heldout},
+                         stats={"retain": len(retain), "adversary": len(adversary), "heldout_tr": len(heldout)})
 
-    def defend(self, ref, out_dir, ctx):
+    def defend(self, ref, out_dir, ctx, built=None):
         from sdd_bench.harness import models
         c = self.cfg
-        retain, adversary, heldout = self.build_data(ctx.seed)
+        built = self.data_for(ctx, built)
+        retain, adversary, heldout = built.rows, built.parts["adversary"], built.parts["heldout"]
         model, tok = load_trainable(ref, models.resolve_device(ctx.device))
         mk = lambda rows, bs, s: C.BatchCycler(C.tokenize(tok, ctx.template, rows, c.max_length), bs,  # noqa: E731
                                                tok.pad_token_id, s)
@@ -363,7 +368,7 @@ class TAR(Defense):
                                                                        c.schedule_lambda),
                                               "inner_weight_decay": c.inner_weight_decay,
                                               "lambda_tr": c.lambda_tr, "lambda_retain": c.lambda_retain})
-        info["data_stats"] = {"retain": len(retain), "adversary": len(adversary), "heldout_tr": len(heldout)}
+        info["data_stats"] = dict(built.stats)
         info["tr_weight_total"] = sum(tr_weights(c.inner_steps, c.tr_subsample, c.schedule_lambda).values())
         info["meta_log"] = box["t"].meta_log
         return new, info

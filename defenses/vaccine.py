@@ -52,7 +52,7 @@ from sdd_bench.harness.registry import DEFENSES
 from sdd_bench.harness.training import train_sft
 
 from . import _common as C
-from .base import Defense
+from .base import BuiltData, Defense, prompts_of
 
 
 @dataclass(frozen=True)
@@ -178,19 +178,22 @@ class Vaccine(Defense):
                                        "perturbation)", rho=self.cfg.rho, batch_size=self.cfg.batch_size,
                                 data={"alignment": "beavertails-attack is_safe pairs (never trained on by a defense)"})
 
-    def build_data(self, seed: int = 0) -> list[dict]:
-        return C.alignment_rows(self.cfg.n_align, seed)
+    def build_data(self, seed: int = 0) -> BuiltData:
+        rows = C.alignment_rows(self.cfg.n_align, seed)  # harmful prompts → safe answers
+        return BuiltData(rows, harmful_prompts=prompts_of(rows),
+                         stats={"alignment": len(rows),
+                                "beavertails_safe": sum(r["source"] == "beavertails-safe" for r in rows)})
 
     def trainer_kwargs(self) -> dict:
         return {"rho": self.cfg.rho}
 
-    def defend(self, ref, out_dir, ctx):
+    def defend(self, ref, out_dir, ctx, built=None):
         c = self.cfg
-        rows = self.build_data(ctx.seed)
+        built = self.data_for(ctx, built)
+        rows = built.rows
         name = self.registry_name
         new, info = train_sft(ref, rows, C.lora_train_config(c, ctx.seed), out_dir, ctx.template, device=ctx.device,
                               progress=ctx.progress, name=name, trainer_cls=self.trainer_cls,
                               trainer_kwargs=self.trainer_kwargs())
-        info["data_stats"] = {"alignment": len(rows),
-                              "beavertails_safe": sum(r["source"] == "beavertails-safe" for r in rows)}
+        info["data_stats"] = dict(built.stats)
         return new, info

@@ -116,8 +116,8 @@ def load_grid(path: str | Path, cells_out: list | None = None, progress=None) ->
 
 def grid_from_mapping(data: dict, where: str = "grid", cells_out: list | None = None, progress=None) -> GridSpec:
     g = C.build(GridSpec, data, where=where)
-    for k in ("defenses", "attacks", "seeds"):
-        if not getattr(g, k):
+    for k, v in (("defenses", g.defenses), ("attacks", g.attacks), ("seeds", g.seeds)):
+        if not v:
             raise ConfigError(f"{where}: `{k}` is empty; list at least one.")
     for s in g.seeds:
         if not isinstance(s, int) or isinstance(s, bool):
@@ -253,23 +253,23 @@ PASSES_PER_STEP = {
     "t-vaccine": 2,     # as vaccine (on a subset of layers)
     "repnoise": 2,      # harmless and harmful batches
     "simpo": 2,         # chosen and rejected responses
-    "tar": lambda c: 2 * getattr(c, "inner_steps", 1) + 1,  # K adversary steps, each with an L_TR evaluation, + retain
+    "tar": lambda c: 2 * c.inner_steps + 1,  # K adversary steps, each with an L_TR evaluation, + retain
 }
 
 
-def defend_estimate(profile: str, name: str, cfg) -> float | None:
+def defend_estimate(profile: str, defense) -> float | None:
     """Planned seconds of a defense with no timing in the store: the profile's default scaled by the defense's
-    configured work (steps × batch × max_length × passes per step, see DEFEND_REFERENCE); the flat default where
-    the config has no step count or the profile no reference workload."""
+    configured work (steps × batch × max_length × passes per step, see DEFEND_REFERENCE; ``Defense.workload``); the
+    flat default where the config has no step count or the profile no reference workload."""
     base = DEFAULT_ESTIMATE_S[profile]["defend"]
     ref = DEFEND_REFERENCE.get(profile)
-    steps = getattr(cfg, "max_steps", None)
+    steps, batch, length = defense.workload()
     if base is None or ref is None or not isinstance(steps, int):
         return base
-    batch = getattr(cfg, "batch_size", None) or ref[1]
-    length = getattr(cfg, "max_length", None) or ref[2]
-    passes = PASSES_PER_STEP.get(name, 1)
-    passes = passes(cfg) if callable(passes) else passes
+    batch = batch or ref[1]
+    length = length or ref[2]
+    passes = PASSES_PER_STEP.get(defense.registry_name, 1)
+    passes = passes(defense.cfg) if callable(passes) else passes
     return float(base) * steps * batch * length * passes / (ref[0] * ref[1] * ref[2])
 
 
@@ -285,8 +285,7 @@ def attack_estimate(profile: str, attack) -> float | None:
     run (a fine-tuning attack's ``planned_steps``: min(cap, recipe steps), so a 10-shot attack is priced at its 5
     steps; attacks without one step count — two-phase restore, refusal ablation — get the flat default)."""
     base = DEFAULT_ESTIMATE_S[profile]["attack"]
-    planned = getattr(attack, "planned_steps", None)  # fine-tuning attacks only: the others have no single count
-    ref, steps = ATTACK_REFERENCE_STEPS.get(profile), planned() if planned is not None else None
+    ref, steps = ATTACK_REFERENCE_STEPS.get(profile), attack.planned_steps()  # None: no single count (restore, ablation)
     if base is None or ref is None or not isinstance(steps, int):
         return base
     return float(base) * steps / ref
@@ -300,7 +299,7 @@ def model_estimate(profile: str, name: str) -> float | None:
     base = DEFAULT_ESTIMATE_S[profile]["model"]
     if base is None or name not in models.ALIGNED:
         return base
-    align = defend_estimate(profile, "refusal-sft", models._aligned_spec(name)[2].cfg)
+    align = defend_estimate(profile, models._aligned_spec(name)[2])
     return None if align is None else float(base) + align
 
 
@@ -433,8 +432,8 @@ def plan(g: GridSpec, store, cells: list | None = None, published: dict | None =
         return v if v is not None else default[stage]
 
     def est_defend(d):
-        v = hist.get(("defend", d.registry_name, getattr(d.cfg, "max_steps", None)))
-        return v if v is not None else defend_estimate(g.profile, d.registry_name, d.cfg)
+        v = hist.get(("defend", d.registry_name, d.workload()[0]))
+        return v if v is not None else defend_estimate(g.profile, d)
 
     for i, spec in enumerate(cells, 1):
         if progress is not None:
@@ -462,7 +461,7 @@ def plan(g: GridSpec, store, cells: list | None = None, published: dict | None =
                     counted.add(ident)
                     remaining.append(("model", model_estimate(g.profile, r.model)))
         for which, d in (("base_defend", r.base_defense), ("defend", r.defense)):
-            if d is None or getattr(d, "identity", False):
+            if d is None or d.identity:
                 continue
             dkey = stage_key("defend", dict(d.spec(), template=spec.template, seed=spec.seed), [ident])
             cached = store.get("defend", dkey) is not None
@@ -483,8 +482,7 @@ def plan(g: GridSpec, store, cells: list | None = None, published: dict | None =
             stages["attack"] = "cached" if cached else "missing"
             if not cached:
                 missing.append(("attack", akey))
-                planned = getattr(r.attack, "planned_steps", None)  # fine-tuning attacks only (see attack_estimate)
-                v = hist.get(("attack", r.attack.name, planned() if planned is not None else None))
+                v = hist.get(("attack", r.attack.name, r.attack.planned_steps()))  # None: no single count
                 remaining.append(("attack", v if v is not None else attack_estimate(g.profile, r.attack)))
             remaining.append(("evaluate", default["evaluate"]))
         else:
@@ -668,7 +666,7 @@ def run_ray(cells: list, store, g: GridSpec, *, log=print, on_result=None) -> li
         try:
             ref, cached = ray.get(fut)
         except Exception as err:  # a RayTaskError wraps the cell's own exception
-            cause = getattr(err, "cause", None) or err
+            cause = getattr(err, "cause", None) or err  # Ray's RayTaskError carries the cell's exception (others: none)
             log(f"  FAILED {label(spec)}: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
             out.append(CellResult(spec, None, None, False, error=f"{type(cause).__name__}: {cause}"))
             continue
@@ -814,7 +812,7 @@ def cli_grid(args) -> int:
     deadline = parse_deadline(args.until, args.max_minutes, now=t0)  # a bad deadline before minutes of expansion
     cells: list = []
     g = load_grid(args.spec, cells_out=cells, progress=Progress(f"{args.spec}: expanded"))
-    if getattr(args, "attacker_budget", None):
+    if args.attacker_budget:  # --attacker-budget (register_cli)
         from . import budget
         budget.get(args.attacker_budget)
         g = C.replace(g, attacker_budget=args.attacker_budget)

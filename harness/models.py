@@ -256,7 +256,7 @@ def alignment_rows(name: str, seed: int = 0) -> list[dict] | None:
     """The training rows of an aligned base (for the record's data-overlap report); None for other models."""
     if name not in ALIGNED:
         return None
-    return _aligned_spec(name, seed)[2].build_data(seed)
+    return _aligned_spec(name, seed)[2].build_data(seed).rows
 
 
 def _has_smol() -> bool:

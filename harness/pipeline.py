@@ -90,7 +90,7 @@ class Resolved:
 def _effective(cfg) -> dict:
     """A plugin config as it acts: every field, with recipe defaults (lr=None → the recipe's lr) resolved."""
     d = C.to_dict(cfg)
-    if hasattr(cfg, "resolved"):
+    if hasattr(cfg, "resolved"):  # an options dataclass with recipe defaults (attacks' configs); not a plugin probe
         d.update(cfg.resolved())
     return d
 
@@ -146,6 +146,12 @@ def resolve(spec: RunSpec) -> Resolved:
         b.registry_name = DEFENSES.canonical(spec.base_defense)
     preset = ATTACKS.get(spec.attack)
     a = None if preset.name == "none" else preset.make(spec.profile, spec.attack_options)
+    if a is not None:
+        from sdd_bench.attacks.base import check_attack
+        try:
+            check_attack(spec.attack, a)
+        except TypeError as err:
+            raise ConfigError(str(err)) from None
     if preset.name == "none" and spec.attack_options:
         raise ConfigError("attack options were given but the attack is 'none'.")
     for j in spec.judges:
@@ -192,13 +198,16 @@ def _ref_from_artifact(art):
     return ModelRef.from_dict(d)
 
 
-def defend_stage(store, ref, defense, ctx, log):
-    if getattr(defense, "identity", False):
+def defend_stage(store, ref, defense, ctx, log, built=None):
+    """The cached ``defend`` stage: ``defense.defend`` on ``ref`` (an identity defense returns ``ref``).  ``built`` is
+    the defense's ``BuiltData`` for ``ctx.seed`` when the caller built it already (``run_cell``: the preflight's), so
+    it is not built again; a cache hit builds nothing."""
+    if defense.identity:
         return ref, {"note": "no defense"}, None
     spec = dict(defense.spec(), template=ctx.template, seed=ctx.seed)
 
     def fn(tmp: Path):
-        new, info = defense.defend(ref, tmp, ctx)
+        new, info = defense.defend(ref, tmp, ctx, built=built)
         (tmp / "ref.json").write_text(json.dumps(_ref_to_json(new, tmp)))
         (tmp / "info.json").write_text(json.dumps(info, indent=1, default=str))
 
@@ -210,7 +219,7 @@ def defend_stage(store, ref, defense, ctx, log):
 
 def attack_stage(store, ref, attack, template, seed, device, progress, log):
     # needs_store: ``prepare(store)`` first (advbench-N's donor-built responses, the ablation's cached search)
-    if getattr(attack, "needs_store", False):
+    if attack.needs_store:
         attack.prepare(store, device=device, progress=progress, log=log)
     spec = dict(attack.spec(), template=template, seed=seed)
 
@@ -229,8 +238,7 @@ def attack_stage(store, ref, attack, template, seed, device, progress, log):
 
 def attack_seed(attack, seed: int) -> int:
     """The seed an attack trains (and samples its data) with: its own ``seed`` option where it has one, else the cell's."""
-    own = getattr(attack, "train_seed", None)
-    return own(seed) if own is not None else seed
+    return attack.train_seed(seed)
 
 
 def checkpoint_refs(art, info: dict) -> list[tuple[dict, Any]]:
@@ -332,9 +340,8 @@ def check_disjoint(r: Resolved, sets: dict, built: dict) -> dict:
     if aligned is not None:  # an aligned base's refusal-SFT prompts are defense data too
         groups[f"model:{r.model}"] = [x["prompt"] for x in aligned if x.get("kind") != "benign"]
     for role, d in (("defense", r.defense), ("base_defense", r.base_defense)):
-        if role in built:
-            rows = built[role][0] if isinstance(built[role], tuple) else built[role]
-            groups[f"defense:{d.registry_name}"] = [x["prompt"] for x in rows if x.get("kind") != "benign"]
+        if role in built:  # the harmful prompts the defense declares (BuiltData), from every stream it trains on
+            groups[f"defense:{d.registry_name}"] = list(built[role].harmful_prompts)
     if r.attack is not None and "attack" in built:
         rows, _ = built["attack"]
         groups[f"attack:{r.attack.name}"] = [x["prompt"] for x in rows if x["kind"] == "harmful"]
@@ -359,9 +366,9 @@ def preflight(r: Resolved, *, judges: bool = True) -> tuple[dict, dict, dict]:
     and attack data, the BFT task's split, the capability tasks' files; checksums), the disjointness of defender,
     attacker and evaluation prompts (a ``responses_file`` too), and, with ``judges``, every judge's data and
     credentials (:func:`preflight_judges`; ``run_cell`` skips them for a cell already finished, which needs none).
-    Returns the evaluation sets, the defense and attack data it built (role → ``build_data``'s result: ``defense``,
-    ``base_defense``, ``attack``) and their overlap report, so the record's provenance reuses them instead of
-    building them again.  An attack on donor-built responses is only checked here (its data needs the store): it
+    Returns the evaluation sets, the defense and attack data it built (role → ``build_data``'s result: ``defense``
+    and ``base_defense`` → ``BuiltData``, ``attack`` → (rows, info)) and their overlap report, so training
+    (``defend_stage``) and the record's provenance reuse them instead of building them again.  An attack on donor-built responses is only checked here (its data needs the store): it
     has no entry, and provenance checks it once attack_stage has built it."""
     sets = eval_sets(r.profile, r.spec)
     preflight_capability(r)
@@ -369,10 +376,10 @@ def preflight(r: Resolved, *, judges: bool = True) -> tuple[dict, dict, dict]:
         preflight_judges(r)
     built: dict[str, Any] = {}
     for role, d in (("base_defense", r.base_defense), ("defense", r.defense)):
-        if d is not None and not getattr(d, "identity", False) and hasattr(d, "build_data"):
+        if d is not None and not d.identity:
             built[role] = d.build_data(r.spec.seed)
     if r.attack is not None:
-        if getattr(r.attack, "data_needs_store", False):  # donor-built responses: check their inputs now
+        if r.attack.data_needs_store:  # donor-built responses: check their inputs now
             r.attack.preflight()
         else:
             built["attack"] = r.attack.build_data(attack_seed(r.attack, r.spec.seed))
@@ -426,6 +433,7 @@ def evaluate(store, ref, r: Resolved, sets, log, progress=True) -> tuple[dict, d
                  "gen": C.to_dict(r.gen), "backend": spec.backend, "prompts_sha": _sha(prompts),
                  "data": data.get(ds).fingerprints(), "eval_seed": EVAL_SEED}
         from .registry import BACKENDS
+        # a backend plugin's optional flag (vllm loads its own weights); backends have no base class yet
         own = getattr(BACKENDS.get(spec.backend), "loads_own_model", False)
         if loaded is None and not own and store.get("generate", stage_key("generate", gspec, [ref.identity()])) is None:
             loaded = models.load(ref, device=spec.device)
@@ -584,12 +592,12 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
     info: dict[str, Any] = {}
     if r.base_defense is not None:
         t0 = time.time()
-        ref, info["base_defense"], a = defend_stage(store, ref, r.base_defense, ctx, log)
+        ref, info["base_defense"], a = defend_stage(store, ref, r.base_defense, ctx, log, built.get("base_defense"))
         timings["base_defense"] = time.time() - t0
         arts["base_defense"] = a.ref() if a else None
     start = ref  # the model the defense starts from (its mechanism is measured against it)
     t0 = time.time()
-    ref, info["defense"], a = defend_stage(store, ref, r.defense, ctx, log)
+    ref, info["defense"], a = defend_stage(store, ref, r.defense, ctx, log, built.get("defense"))
     timings["defense"] = time.time() - t0
     arts["defense"] = a.ref() if a else None
     defended = ref
@@ -613,7 +621,7 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
         t0 = time.time()
         metrics["attacked"] = evaluate_condition(store, attacked, r, sets, log, progress, arts, "attacked")
         timings["evaluate_attacked"] = time.time() - t0
-        if getattr(r.attack.cfg, "checkpoints", None):
+        if r.attack.checkpoints:
             t0 = time.time()
             trajectory = _trajectory(store, a, info["attack"], r, sets, log, progress, arts, metrics)
             timings["evaluate_trajectory"] = time.time() - t0
@@ -991,11 +999,12 @@ def parse_fractions(text: str) -> list[float]:
 
 def spec_from_args(args) -> RunSpec:
     d: dict[str, Any] = {}
+    a = vars(args)  # the `run` parser's namespace as a mapping (every flag below is defined by register_cli)
     if args.config:
         d.update(C.load_yaml(args.config))
     for k in ("defense", "base_defense", "attack", "model", "profile", "seed", "template", "n_harmful", "n_benign",
               "n_xstest", "max_new_tokens", "backend"):
-        v = getattr(args, k)
+        v = a[k]
         if v is not None:
             d[k] = v
     if args.judges:
@@ -1010,9 +1019,9 @@ def spec_from_args(args) -> RunSpec:
     ao.update(dict(C.parse_override(o) for o in args.attack_opt))
     for flag, key in (("attack_lr", "lr"), ("attack_epochs", "epochs"), ("attack_batch", "batch_size"),
                       ("attack_steps", "max_steps")):
-        if getattr(args, flag) is not None:
-            ao[key] = getattr(args, flag)
-    if getattr(args, "trajectory", None):
+        if a[flag] is not None:
+            ao[key] = a[flag]
+    if a.get("trajectory"):
         ao["checkpoints"] = parse_fractions(args.trajectory)
     if args.attack_lora:
         ao["lora"] = True
@@ -1083,7 +1092,7 @@ def cli_run(args) -> int:
     from .store import Store
     spec = spec_from_args(args)
     resolve(spec)  # every option checked before the work dir is touched
-    if getattr(args, "attacker_budget", None):
+    if args.attacker_budget:  # --attacker-budget (register_cli)
         from . import budget
         budget.get(args.attacker_budget)
         budget_specs(spec, args.attacker_budget)
@@ -1093,7 +1102,7 @@ def cli_run(args) -> int:
     if args.out:
         from .store import check_output_file
         check_output_file(args.out, "--out")
-    if getattr(args, "attacker_budget", None):
+    if args.attacker_budget:  # --attacker-budget (register_cli)
         return cli_run_budget(args, spec, store)
     t0 = time.time()
     record, art = run_cell(spec, store, progress=not args.quiet)

@@ -5,6 +5,11 @@ config validation never import torch; the module is imported on first use and it
 ``@register`` decorator fills in the class.  Third-party plugins are discovered through the
 entry-point group ``sdd_bench.<kind>`` (e.g. ``sdd_bench.defenses``), whose value is the
 same ``"module:attr"`` string.
+
+A registry may hold a *contract* (``set_contract``): a function ``check(name, obj)`` that raises ``TypeError`` with
+one line naming what a registration lacks and the fix.  The defense and attack packages set theirs
+(``defenses.base.check_defense_class``, ``attacks.base.check_attack_preset``), so a plugin that does not fulfil its
+base class is refused when it is registered or first loaded, not deep inside a run.
 """
 from __future__ import annotations
 
@@ -32,6 +37,23 @@ class Registry:
         self._entries: dict[str, Entry] = {}
         self._aliases: dict[str, str] = {}
         self._eps_loaded = False
+        self._contract: Callable[[str, Any], None] | None = None
+
+    def set_contract(self, check: Callable[[str, Any], None]) -> None:
+        """Check every registration (decorator, lazy load, entry point) with ``check(name, obj)``, which raises
+        ``TypeError`` naming what is missing and the fix; registrations made before are checked now."""
+        self._contract = check
+        for e in self._entries.values():
+            if e.obj is not None:
+                self._check(e.name, e.obj)
+
+    def _check(self, name: str, obj: Any) -> None:
+        if self._contract is None:
+            return
+        try:
+            self._contract(name, obj)
+        except TypeError as err:
+            raise RegistryError(str(err)) from None
 
     # -- declaration -------------------------------------------------------------------
     def lazy(self, name: str, target: str, description: str, aliases: tuple[str, ...] = ()) -> None:
@@ -48,6 +70,7 @@ class Registry:
             old = self._entries.get(name)
             if old is not None and old.obj is not None and old.obj is not obj:
                 raise RegistryError(f"{self.kind} {name!r} is registered twice ({old.obj!r} and {obj!r}).")
+            self._check(name, obj)
             target = old.target if old else None
             self._entries[name] = Entry(name, target, old.description if (old and old.description) else desc, obj,
                                         old.source if old else "builtin")
@@ -113,6 +136,7 @@ class Registry:
             if obj is None:
                 raise RegistryError(f"{self.kind} {name!r}: {mod} has no attribute {attr!r}.")
             if e.obj is None:  # the module's @register may already have filled it
+                self._check(name, obj)
                 e.obj = obj
                 _set_name(obj, name)
         return e.obj

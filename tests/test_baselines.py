@@ -51,23 +51,27 @@ def test_registered_and_profiles_validate(name):
 
 @pytest.mark.parametrize("name", [n for n in DEFENSES.names() if n != "none"])
 def test_build_data_as_the_pipeline_calls_it(name):
-    # run_cell's provenance check calls build_data(seed) with no model at hand (it once crashed
-    # the smoke grid for deepalign after its defense and evaluations had run)
-    d = DEFENSES.get(name).configure("tiny")
-    if not hasattr(d, "build_data"):
-        pytest.skip(f"{name} has no training data")
-    built = d.build_data(0)
-    rows = built[0] if isinstance(built, tuple) else built
-    assert rows and all(isinstance(r["prompt"], str) and r["prompt"] for r in rows)
+    # the preflight calls build_data(seed) with no model at hand (it once crashed the smoke grid for deepalign after
+    # its defense and evaluations had run); one typed result, whose harmful prompts the overlap check reads
+    from sdd_bench.defenses.base import BuiltData
+    built = DEFENSES.get(name).configure("tiny").build_data(0)
+    assert isinstance(built, BuiltData)
+    assert built.rows and all(isinstance(r["prompt"], str) and r["prompt"] for r in built.rows)
+    assert built.harmful_prompts and all(isinstance(p, str) and p for p in built.harmful_prompts)
 
 
-def test_deepalign_provenance_rows_match_training_rows(fresh):
+def test_deepalign_training_rows_are_the_built_rows_with_their_prefixes_cut(fresh):
+    from sdd_bench.defenses.deepalign import cut_prefixes, recovery_examples
     _, tok = fresh
     d = DEFENSES.get("deepalign").configure("tiny")
-    with_tok, without = d.build_data(0, tok), d.build_data(0)
-    assert [r["prompt"] for r in with_tok] == [r["prompt"] for r in without]
-    assert all(r["prefill"] is None for r in without if r["kind"] == "recovery")
-    assert any(r["prefill"] for r in with_tok if r["kind"] == "recovery")
+    built = d.build_data(0).rows
+    cut = cut_prefixes(built, tok)
+    assert [r["prompt"] for r in cut] == [r["prompt"] for r in built]
+    assert all(r["prefill"] is None for r in built if r["kind"] == "recovery")
+    assert any(r["prefill"] for r in cut if r["kind"] == "recovery")
+    # cutting later gives what cutting at construction gives (the rows defend trained on before BuiltData)
+    harm = C.harmful_rows(6, 0)
+    assert cut_prefixes(recovery_examples(harm, None, 8, 0.5, 0), tok) == recovery_examples(harm, tok, 8, 0.5, 0)
 
 # --- shared data -------------------------------------------------------------------------
 
@@ -259,7 +263,9 @@ def test_booster_regularizer_equals_loss_difference(fresh):
 
 def test_booster_alignment_is_the_harmful_prompts_with_refusals():
     d = DEFENSES.get("booster").configure("tiny")
-    align, harmful = d.build_data(0)
+    built = d.build_data(0)
+    align, harmful = built.rows, built.parts["harmful"]
+    assert set(built.harmful_prompts) == {r["prompt"] for r in harmful}
     assert [r["prompt"] for r in align] == [r["prompt"] for r in harmful][:len(align)]
     assert all(r["response"] in C.REFUSAL_TEMPLATES for r in align)
 

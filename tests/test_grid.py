@@ -283,7 +283,7 @@ def test_plan_learns_stage_times_from_published_records(tmp_path):
     twin = dict(rec, defense_info={"seconds": 5000.0})  # the same defended model named by another record: counted once
     other = dict(rec, artifacts={"defense": "defend/d2", "attack": "attack/a1"}, defense_info={"seconds": 2000.0})
     store = Store(tmp_path / "runs")
-    assert G.plan(g, store).cells[0].by_stage["defend"] == G.defend_estimate("smoke", "sdd", r.defense.cfg)
+    assert G.plan(g, store).cells[0].by_stage["defend"] == G.defend_estimate("smoke", r.defense)
     pl = G.plan(g, store, published={"k1": (rec, None), "k2": (twin, None), "k3": (other, None)})
     assert pl.cells[0].state == "todo"
     assert pl.cells[0].by_stage["defend"] == 1500.0 and pl.cells[0].by_stage["attack"] == 700.0  # medians

@@ -137,7 +137,8 @@ def test_sdd_pairs_are_irrelevant_and_category_balanced():
     from sdd_bench.defenses.sdd import SDD, balanced_harmful_prompts
     from sdd_bench.judges.relevance import cosine_pairs
     d = SDD.configure("tiny", {"n_pairs": 28, "pool_limit": 200})
-    rows, stats = d.build_data(0)
+    built = d.build_data(0)
+    rows, stats = built.rows, built.stats
     sims = cosine_pairs([r["prompt"] for r in rows], [r["response"] for r in rows])
     assert len(rows) >= 26 and all(s < 0.25 for s in sims), max(sims)
     assert all(abs(r["similarity"] - s) < 1e-4 for r, s in zip(rows, sims))
@@ -156,7 +157,7 @@ def test_sdd_pairs_are_irrelevant_and_category_balanced():
 def test_sdd_reject_prefix():
     from sdd_bench.defenses.sdd_reject import REJECT_SENTENCE, SDDReject
     d = SDDReject.configure("tiny", {"n_pairs": 4, "pool_limit": 40})
-    rows, _ = d.build_data(0)
+    rows = d.build_data(0).rows
     # the SDD paper's sentence verbatim, then a blank line (TamperBench's port), then the irrelevant response
     assert REJECT_SENTENCE == ("I refuse to answer your question for responsible and ethical reasons. "
                                "I provided an irrational answer to your question.")
@@ -198,8 +199,8 @@ def test_same_config_same_numbers_in_a_fresh_store(sdd_cell, store):
 
 
 def test_defense_and_attack_data_built_once_for_preflight_and_provenance(session_store, monkeypatch):
-    """preflight builds the defense's and the attack's data; the record's provenance reuses it (no second build
-    from run_cell); a donor-built attack (needs the store) is the one exception, built after attack_stage."""
+    """preflight builds the defense's and the attack's data; training and the record's provenance reuse it (no second
+    build from run_cell or the defense's defend); a donor-built attack (needs the store) is the one exception, built after attack_stage."""
     import inspect
     from sdd_bench.attacks.finetune import FinetuneAttack
     from sdd_bench.defenses.sdd import SDD
@@ -215,5 +216,8 @@ def test_defense_and_attack_data_built_once_for_preflight_and_provenance(session
                                log=lambda *_: None)
     assert ("SDD", "preflight") in callers and ("FinetuneAttack", "preflight") in callers
     assert not any(fn == "run_cell" for _, fn in callers), callers
+    # the defense's data is built once per cell: defend trains on the preflight's BuiltData (SDD embeds its pool
+    # once, not again in the defend stage)
+    assert [c for c in callers if c[0] == "SDD"] == [("SDD", "preflight")], callers
     sizes = rec["data"]["overlap"]["sizes"]  # the provenance still sees both groups, from the preflight's data
     assert sizes["defense:sdd"] > 0 and sizes["attack:advbench-prefix-10"] == 10

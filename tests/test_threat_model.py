@@ -148,13 +148,13 @@ def test_refusal_sft_prompt_refusals_pair_defense_partition_harmful_prompts_with
     from sdd_bench.defenses.refusal_sft import REFUSALS, RefusalSFT
     plain = RefusalSFT.configure("paper", {"n_refusals": 4, "n_safe_anchors": 2})
     more = RefusalSFT.configure("paper", {"n_refusals": 4, "n_safe_anchors": 2, "n_prompt_refusals": 6})
-    rows = more.build_data(0)
+    rows = more.build_data(0).rows
     bt = [r for r in rows if r.get("source") == "beavertails-refusal"]
     assert len(bt) == 6 and all(r["kind"] == "refusal" and r["response"] in REFUSALS for r in bt)
     unsafe = {data.normalize(r["prompt"]) for r in data.load("beavertails-defense") if not r["is_safe"]}
     assert all(data.normalize(r["prompt"]) in unsafe for r in bt)  # defense partition, harmful prompts only
     assert plain.spec() != more.spec()
-    assert not any(r.get("source") == "beavertails-refusal" for r in plain.build_data(0))
+    assert not any(r.get("source") == "beavertails-refusal" for r in plain.build_data(0).rows)
 
 
 def test_defender_side_prompts_may_overlap_but_not_the_attackers_or_evaluations(monkeypatch):
@@ -162,7 +162,7 @@ def test_defender_side_prompts_may_overlap_but_not_the_attackers_or_evaluations(
     evaluation or attack prompts is contamination, and preflight says so before any training."""
     r = pipeline.resolve(_spec(defense="sdd", attack="beavertails-10"))
     sets, built, _ = pipeline.preflight(r)
-    defense_rows = built["defense"][0] if isinstance(built["defense"], tuple) else built["defense"]
+    defense_rows = built["defense"].rows
     shared = [dict(x, kind="refusal") for x in defense_rows if x.get("kind") != "benign"][:3]
     monkeypatch.setattr(models, "alignment_rows", lambda name, seed=0: shared)
     rep = pipeline.check_disjoint(r, sets, built)
@@ -184,3 +184,20 @@ def test_answer_line_gives_zero_of_n_a_wilson_interval_and_the_reference_loss():
     line = pipeline.answer(rec)
     assert "sdd 0% [0%, 6%] harmful before" in line  # Wilson upper bound of 0/64: 5.7%
     assert "reference-answer loss 1.900 → 2.400 nats/token" in line
+
+
+def test_tar_harmful_prompts_enter_the_overlap_report(monkeypatch):
+    """TAR trains an inner adversary on harmful prompts and measures L_TR on a held-out harmful half: those prompts
+    are the ones that must be disjoint from the attacker's.  Its benign retain rows are not harmful prompts.  (Until
+    BuiltData, the overlap report took TAR's first list, the retain rows, and never saw its harmful prompts.)"""
+    from sdd_bench.defenses import _common
+    from sdd_bench.harness.errors import SddBenchError
+    r = pipeline.resolve(_spec(defense="tar", attack="beavertails-10", defense_options={"n_retain": 6}))
+    _, _, rep = pipeline.preflight(r, judges=False)
+    assert rep["sizes"]["defense:tar"] == r.defense.cfg.n_harmful  # the harmful halves, not the retain rows
+    attacked = r.attack.build_data(0)[0][0]
+    real = _common.harmful_rows
+    # one of TAR's harmful prompts is the attacker's: contamination, reported before any training
+    monkeypatch.setattr(_common, "harmful_rows", lambda n, seed: [dict(attacked, category="")] + real(n, seed)[1:])
+    with pytest.raises(SddBenchError, match="overlap between attack:beavertails-10 and defense:tar"):
+        pipeline.preflight(r, judges=False)
