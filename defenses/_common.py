@@ -1,8 +1,8 @@
-"""Helpers shared by the baseline defenses (SimPO, DeepAlign, Vaccine, T-Vaccine, Booster,
-RepNoise, TAR): the data pools they draw from, a fixed refusal builder, a cycling batch source
-for a second data stream, per-layer hidden-state hooks, a causal-LM loss that can run at a
-substitute set of weights (``torch.func.functional_call``), and saving a trained model the
-way ``harness.training.train_sft`` does.
+"""Helpers shared by the defenses: the data pools they draw from (``unsafe_pairs``, the one filter for harmful
+BeaverTails rows), a fixed refusal builder, a cycling batch source for a second data stream, per-layer hidden-state
+hooks, a causal-LM loss that can run at a substitute set of weights (``torch.func.functional_call``), the training
+config of a defense config (``train_config``: the one place of the LoRA α rule), a trainer factory that keeps the
+trainer it builds (``TrainerCapture``), and saving a trained model the way ``harness.training.train_sft`` does.
 
 Data partitions (DESIGN §10): harmful prompts and harmful responses come only from
 ``beavertails-defense`` (unsafe rows); safe alignment responses from its ``is_safe`` rows and
@@ -36,17 +36,27 @@ def refusal_for(prompt: str, rng: random.Random) -> str:
     return rng.choice(REFUSAL_TEMPLATES)
 
 
+def unsafe_pairs(dataset: str, *, distinct_prompts: bool = False) -> list[dict]:
+    """The harmful (prompt, response) rows of a BeaverTails partition (``beavertails-defense`` to train on,
+    ``beavertails-attack`` for held-out measurements; DESIGN §10): ``is_safe`` false and a non-empty response, in
+    file order, as loaded.  ``distinct_prompts`` keeps the first such row of each prompt (normalized text)."""
+    rows = [r for r in data.load(dataset) if not r["is_safe"] and r["response"].strip()]
+    if not distinct_prompts:
+        return rows
+    seen, out = set(), []
+    for r in rows:
+        k = data.normalize(r["prompt"])
+        if k not in seen:
+            seen.add(k)
+            out.append(r)
+    return out
+
+
 def harmful_rows(n: int | None, seed: int) -> list[dict]:
     """Unsafe (prompt, harmful response) rows of ``beavertails-defense``, one per distinct prompt, shuffled."""
     rng = random.Random(seed)
-    seen, out = set(), []
-    for r in data.load("beavertails-defense"):
-        k = data.normalize(r["prompt"])
-        if r["is_safe"] or k in seen or not r["response"].strip():
-            continue
-        seen.add(k)
-        out.append({"prompt": r["prompt"], "response": r["response"],
-                    "category": (r["categories"] or [""])[0]})
+    out = [{"prompt": r["prompt"], "response": r["response"], "category": (r["categories"] or [""])[0]}
+           for r in unsafe_pairs("beavertails-defense", distinct_prompts=True)]
     rng.shuffle(out)
     return out[:n] if n else out
 
@@ -246,16 +256,50 @@ TRAIN_FIELDS = ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_mod
                 "warmup_ratio", "max_grad_norm")
 
 
-def lora_train_config(c, seed: int, **kw):
-    """A ``TrainConfig`` from a defense config: lr, max_steps, batch_size, max_length and every ``TRAIN_FIELDS`` entry.
+# LoRA α where a defense config states no ``lora_alpha`` of its own (refusal-sft, seam): α = 2r, scale α/r = 2, the
+# common LoRA SFT setting (our choice; it is TrainConfig's default pair r 16 / α 32).  Configs that follow their
+# authors' LoRA (the baselines, issue 19) or state α as an option (sdd) use their own value.
+LORA_ALPHA_PER_RANK = 2
 
-    A config missing one of them is a programming error (each defense must state its own LoRA scale,
-    weight decay, schedule, warm-up and clipping), so it raises rather than falling back to a default."""
+
+def train_config(c, seed: int, *, required: tuple[str, ...] = (), **kw):
+    """A ``TrainConfig`` from a defense config: every ``TrainConfig`` field the config declares under the same name
+    (lr, epochs, max_steps, batch_size, max_length, lora, lora_r, lora_alpha, scheduler, …), then ``kw``; the others
+    keep ``TrainConfig``'s defaults.  A config with ``lora_r`` but no ``lora_alpha`` gets α = ``LORA_ALPHA_PER_RANK``·r.
+    A config lacking one of ``required`` is a programming error and raises."""
+    import dataclasses
+
     from sdd_bench.harness.training import TrainConfig
-    missing = [f for f in TRAIN_FIELDS if not hasattr(c, f)]
+    declared = {f.name for f in dataclasses.fields(c)}
+    missing = [f for f in required if f not in declared]
     if missing:
         raise TypeError(f"{type(c).__name__} lacks the training fields {missing} (see _common.TRAIN_FIELDS)")
-    fields = {f: getattr(c, f) for f in TRAIN_FIELDS}
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "seed"]
+    fields = {f: getattr(c, f) for f in names if f in declared}
+    if "lora_r" in fields and "lora_alpha" not in fields:
+        fields["lora_alpha"] = LORA_ALPHA_PER_RANK * fields["lora_r"]
     fields.update(kw)
-    return TrainConfig(lr=c.lr, max_steps=c.max_steps, batch_size=c.batch_size, max_length=c.max_length, seed=seed,
-                       **fields)
+    return TrainConfig(seed=seed, **fields)
+
+
+def lora_train_config(c, seed: int, **kw):
+    """``train_config`` for a config that must state lr, max_steps, batch_size, max_length and every ``TRAIN_FIELDS``
+    entry (the baselines: each states its own LoRA scale, weight decay, schedule, warm-up and clipping), so a missing
+    one raises rather than falling back to a default."""
+    return train_config(c, seed, required=("lr", "max_steps", "batch_size", "max_length") + TRAIN_FIELDS, **kw)
+
+
+class TrainerCapture:
+    """A ``trainer_cls`` for ``harness.training.train_sft`` that builds ``cls`` and keeps it (``.trainer``), so a
+    defense can read its custom trainer's per-step log after training; ``setup(trainer)`` runs right after the trainer
+    is built (TAR: the frozen reference model of its retain loss)."""
+
+    def __init__(self, cls, setup: Callable | None = None):
+        self.cls, self.setup, self.trainer = cls, setup, None
+
+    def __call__(self, *a, **kw):
+        trainer = self.cls(*a, **kw)
+        if self.setup is not None:
+            self.setup(trainer)
+        self.trainer = trainer
+        return trainer

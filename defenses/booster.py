@@ -110,9 +110,7 @@ def held_out_harmful(n: int, seed: int) -> list[dict]:
     """``n`` harmful (prompt, response) pairs Booster never trains on: unsafe pairs of the *attack* partition, the
     data a later attack descends on (DESIGN §10: defenses never train on it; measuring on it trains nothing)."""
     import random
-
-    from sdd_bench.harness import data
-    pool = [r for r in data.load("beavertails-attack") if not r["is_safe"] and r["response"].strip()]
+    pool = C.unsafe_pairs("beavertails-attack")
     return [{"prompt": r["prompt"], "response": r["response"]} for r in random.Random(seed).sample(pool, n)]
 
 
@@ -208,17 +206,11 @@ class Booster(Defense):
         model, tok = load_trainable(ref, device)
         hs = C.BatchCycler(C.tokenize(tok, ctx.template, harmful, c.max_length), c.batch_size, tok.pad_token_id,
                            ctx.seed)
-        box: dict = {}
-
-        class _T(BoosterTrainer):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, **kw)
-                box["t"] = self
-
+        capture = C.TrainerCapture(BoosterTrainer)
         new, info = train_sft(ref, align, C.lora_train_config(c, ctx.seed), out_dir, ctx.template, device=ctx.device,
-                              progress=ctx.progress, name="booster", trainer_cls=_T, model_and_tok=(model, tok),
+                              progress=ctx.progress, name="booster", trainer_cls=capture, model_and_tok=(model, tok),
                               trainer_kwargs={"harmful": hs, "lam": c.lam, "alpha": c.alpha})
-        log = box["t"].reg_log
+        log = capture.trainer.reg_log
         info["data_stats"] = dict(built.stats)
         info["regularizer"] = {"first": log[0] if log else None, "last": log[-1] if log else None}
         return new, info

@@ -121,8 +121,7 @@ CONTINUATION_TOKENS = 48
 def held_out_prefills(n: int, seed: int) -> list[dict]:
     """``n`` harmful (prompt, answer) pairs DeepAlign never trains on: unsafe pairs of BeaverTails' *attack*
     partition (DESIGN §10)."""
-    from sdd_bench.harness import data
-    pool = [r for r in data.load("beavertails-attack") if not r["is_safe"] and r["response"].strip()]
+    pool = C.unsafe_pairs("beavertails-attack")
     return [{"prompt": r["prompt"], "response": r["response"]} for r in random.Random(seed).sample(pool, n)]
 
 

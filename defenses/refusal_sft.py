@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from sdd_bench.harness import data
 from sdd_bench.harness.config import param
 from sdd_bench.harness.registry import DEFENSES
-from sdd_bench.harness.training import TrainConfig, train_sft
+from sdd_bench.harness.training import train_sft
 
+from . import _common as C
 from .base import BuiltData, Defense, prompts_of
 
 
@@ -108,8 +109,7 @@ class RefusalSFT(Defense):
     def defend(self, ref, out_dir, ctx, built=None):
         c = self.cfg
         rows = self.data_for(ctx, built).rows
-        tc = TrainConfig(lr=c.lr, epochs=c.epochs, max_steps=c.max_steps, batch_size=c.batch_size,
-                         max_length=c.max_length, lora=c.lora, lora_r=c.lora_r, lora_alpha=2 * c.lora_r, seed=ctx.seed)
+        tc = C.train_config(c, ctx.seed)  # LoRA α = 2r (C.LORA_ALPHA_PER_RANK)
         new, info = train_sft(ref, rows, tc, out_dir, ctx.template, device=ctx.device, progress=ctx.progress,
                               name="refusal-sft")
         info["pairs"] = {"refusal": sum(r["kind"] == "refusal" for r in rows),

@@ -208,10 +208,8 @@ def held_out_pairs(n: int, seed: int) -> list[dict]:
     """``n`` harmful pairs RepNoise never trains on (unsafe pairs of BeaverTails' *attack* partition; DESIGN §10),
     each with a refusal twin to the same prompt, as ``paired_rows`` builds its training pairs."""
     import random
-
-    from sdd_bench.harness import data
     rng = random.Random(seed)
-    pool = [r for r in data.load("beavertails-attack") if not r["is_safe"] and r["response"].strip()]
+    pool = C.unsafe_pairs("beavertails-attack")
     return [{"prompt": r["prompt"], "response": r["response"], "refusal": C.refusal_for(r["prompt"], rng)}
             for r in rng.sample(pool, n)]
 
@@ -318,19 +316,13 @@ class RepNoise(Defense):
         twins = C.tokenize(tok, ctx.template, [{"prompt": r["prompt"], "response": r["refusal"]} for r in rows],
                            c.max_length)
         extra = [{"harmless_input_ids": t["input_ids"], "harmless_labels": t["labels"]} for t in twins]
-        box: dict = {}
-
-        class _T(RepNoiseTrainer):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, **kw)
-                box["t"] = self
-
+        capture = C.TrainerCapture(RepNoiseTrainer)
         new, info = train_sft(ref, rows, C.lora_train_config(c, ctx.seed), out_dir, ctx.template,
-                              device=ctx.device, progress=ctx.progress, name="repnoise", trainer_cls=_T,
+                              device=ctx.device, progress=ctx.progress, name="repnoise", trainer_cls=capture,
                               model_and_tok=(model, tok), extra_fields=extra,
                               trainer_kwargs={"beta": c.beta, "alpha": c.alpha, "kernel_mul": c.mmd_kernel_mul,
                                               "kernel_num": c.mmd_kernel_num, "pad_id": tok.pad_token_id})
-        log = box["t"].parts_log
+        log = capture.trainer.parts_log
         info["data_stats"] = dict(built.stats)
         info["loss_parts"] = {"first": log[0] if log else None, "last": log[-1] if log else None}
         return new, info

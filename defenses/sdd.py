@@ -57,8 +57,9 @@ from dataclasses import dataclass
 from sdd_bench.harness import data
 from sdd_bench.harness.config import param
 from sdd_bench.harness.registry import DEFENSES
-from sdd_bench.harness.training import TrainConfig, train_sft
+from sdd_bench.harness.training import train_sft
 
+from . import _common as C
 from .base import BuiltData, Defense, MechanismProbe, prompts_of, share_installed
 
 RESPONSE_POOLS = ("alpaca-gpt4-1k", "dolly-1k", "alpaca-eval-pool")
@@ -209,9 +210,7 @@ class SDD(Defense):
         c = self.cfg
         built = self.data_for(ctx, built)
         rows, stats = built.rows, dict(built.stats)
-        tc = TrainConfig(lr=c.lr, max_steps=self.train_steps(len(rows)), batch_size=c.batch_size,
-                         max_length=c.max_length, lora=c.lora, lora_r=c.lora_r, lora_alpha=c.lora_alpha,
-                         scheduler=c.scheduler, seed=ctx.seed)
+        tc = C.train_config(c, ctx.seed, max_steps=self.train_steps(len(rows)))
         new, info = train_sft(ref, rows, tc, out_dir, ctx.template, device=ctx.device, progress=ctx.progress,
                               name=getattr(self, "registry_name", "sdd"))
         stats["passes"] = tc.max_steps * c.batch_size / max(1, len(rows))

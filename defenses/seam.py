@@ -91,8 +91,9 @@ from typing import Any
 from sdd_bench.harness import data
 from sdd_bench.harness.config import param
 from sdd_bench.harness.registry import DEFENSES
-from sdd_bench.harness.training import PadCollator, TrainConfig, load_trainable, tokenize_pairs, train_sft
+from sdd_bench.harness.training import PadCollator, load_trainable, tokenize_pairs, train_sft
 
+from . import _common as C
 from .base import BuiltData, Defense, MechanismProbe, prompts_of
 
 # Generic refusals for D_aln (written for this file; no topic words, so they fit any prompt).
@@ -157,13 +158,7 @@ def build_triplets(n_adv: int, n_bgn: int, benign_dataset: str, seed: int) -> tu
     """Rows {prompt, response (harmful), refusal, bgn_prompt, bgn_response}: one (D_adv, D_aln, D_bgn)
     example each; ``max(n_adv, n_bgn)`` rows, the shorter side cycled."""
     rng = random.Random(seed)
-    seen, adv = set(), []
-    for r in data.load("beavertails-defense"):
-        k = data.normalize(r["prompt"])
-        if r["is_safe"] or k in seen or not r["response"].strip():
-            continue
-        seen.add(k)
-        adv.append(r)
+    adv = C.unsafe_pairs("beavertails-defense", distinct_prompts=True)
     rng.shuffle(adv)
     bgn = [r for r in data.load(benign_dataset) if r["response"].strip()]
     rng.shuffle(bgn)
@@ -406,7 +401,7 @@ def held_out_batches(cfg: SEAMConfig, seed: int) -> tuple[list[dict], list[dict]
     from the benign pool SEAM does not use (dolly-1k beside alpaca-gpt4-1k, and the reverse)."""
     rng = random.Random(seed)
     k = MECHANISM_BATCHES * cfg.batch_size
-    adv = [r for r in data.load("beavertails-attack") if not r["is_safe"] and r["response"].strip()]
+    adv = C.unsafe_pairs("beavertails-attack")
     other = "dolly-1k" if cfg.benign_dataset == "alpaca-gpt4-1k" else "alpaca-gpt4-1k"
     bgn = [r for r in data.load(other) if r["response"].strip()]
     return ([{"prompt": r["prompt"], "response": r["response"]} for r in rng.sample(adv, k)],
@@ -487,23 +482,14 @@ class SEAM(Defense):
             model = model.float()
         n_pad = use_true_gradients(model)
         pairs, extra = tokenize_triplets(tok, ctx.template, rows, c.max_length)
-        tc = TrainConfig(lr=c.lr, max_steps=c.max_steps, batch_size=c.batch_size, max_length=c.max_length,
-                         lora=c.lora, lora_r=c.lora_r, lora_alpha=2 * c.lora_r, scheduler=c.scheduler,
-                         warmup_ratio=c.warmup_ratio, max_grad_norm=c.max_grad_norm, seed=ctx.seed)
-        holder: dict = {}
-        base_cls = make_trainer_cls()
-
-        class _Recording(base_cls):  # keep a handle on the trainer for its per-step log
-            def __init__(self, *a, **kw):
-                super().__init__(*a, **kw)
-                holder["t"] = self
-
+        tc = C.train_config(c, ctx.seed)  # LoRA α = 2r (C.LORA_ALPHA_PER_RANK)
+        capture = C.TrainerCapture(make_trainer_cls())  # keeps the trainer for its per-step log
         new, info = train_sft(ref, pairs, tc, out_dir, ctx.template, device=device, progress=ctx.progress,
-                              name="seam", trainer_cls=_Recording, extra_fields=extra, model_and_tok=(model, tok),
+                              name="seam", trainer_cls=capture, extra_fields=extra, model_and_tok=(model, tok),
                               trainer_kwargs={"seam_cfg": c, "pad_id": tok.pad_token_id})
         info["data_stats"] = stats
         info["padding_idx_dropped"] = n_pad
-        info["seam_terms"] = holder["t"].seam_log if "t" in holder else []
+        info["seam_terms"] = capture.trainer.seam_log if capture.trainer is not None else []
         info["extra_param_copies"] = {"count": 3, "what": "g_adv, g_benign, theta", "device": c.buffer_device}
         return new, info
 

@@ -121,9 +121,8 @@ MECHANISM_PAIRS = 64  # held-out preference pairs: as many as the smoke profile'
 def held_out_pairs(n: int, seed: int) -> list[dict]:
     """``n`` preference pairs SimPO never trains on, built like ``preference_pairs`` from the unsafe pairs of
     BeaverTails' *attack* partition (DESIGN §10): chosen = a refusal template, rejected = the harmful answer."""
-    from sdd_bench.harness import data
     rng = random.Random(seed)
-    pool = [r for r in data.load("beavertails-attack") if not r["is_safe"] and r["response"].strip()]
+    pool = C.unsafe_pairs("beavertails-attack")
     return [{"prompt": r["prompt"], "chosen": C.refusal_for(r["prompt"], rng), "rejected": r["response"]}
             for r in rng.sample(pool, n)]
 

@@ -178,19 +178,14 @@ class TVaccine(Vaccine):
         model, tok = load_trainable(ref, models.resolve_device(ctx.device))
         probe = C.BatchCycler(C.tokenize(tok, ctx.template, harmful, c.max_length), c.probe_batch, tok.pad_token_id,
                               ctx.seed)
-        box: dict = {}
-
-        def make_trainer(*a, **kw):
-            box["trainer"] = TargetedPerturbationTrainer(*a, **kw)
-            return box["trainer"]
-
+        capture = C.TrainerCapture(TargetedPerturbationTrainer)
         new, info = train_sft(ref, rows, C.lora_train_config(c, ctx.seed), out_dir, ctx.template, device=ctx.device,
-                              progress=ctx.progress, name=self.registry_name, trainer_cls=make_trainer,
+                              progress=ctx.progress, name=self.registry_name, trainer_cls=capture,
                               trainer_kwargs={"rho": c.rho, "n_layers": c.n_layers, "resample_every": c.resample_every,
                                               "freeze_others": c.freeze_others, "harmful": probe,
                                               "probe_every": c.probe_every},
                               model_and_tok=(model, tok))
-        tr = box["trainer"]
+        tr = capture.trainer
         info["data_stats"] = dict(built.stats)
         info["layer_samples"] = tr.sample_history
         info["layer_importance"] = [(step, {str(k): round(v, 6) for k, v in imp.items()}) for step, imp in tr.probe_history]

@@ -240,9 +240,7 @@ def held_out_tamper_data(cfg: TARConfig, seed: int) -> tuple[list[dict], list[di
     """(adversary rows, x_tr rows) that TAR never trains on, from the unsafe pairs of BeaverTails' *attack*
     partition (DESIGN §10), disjoint: ``MECHANISM_ADVERSARIES`` × K × adversary batch rows to tamper with and
     ``MECHANISM_ADVERSARIES`` × batch rows to measure on."""
-    from sdd_bench.harness import data
-    pool = [{"prompt": r["prompt"], "response": r["response"]} for r in data.load("beavertails-attack")
-            if not r["is_safe"] and r["response"].strip()]
+    pool = [{"prompt": r["prompt"], "response": r["response"]} for r in C.unsafe_pairs("beavertails-attack")]
     n_adv = MECHANISM_ADVERSARIES * cfg.inner_steps * cfg.adversary_batch_size
     n_tr = MECHANISM_ADVERSARIES * cfg.batch_size
     rows = random.Random(seed).sample(pool, min(len(pool), n_adv + n_tr))
@@ -349,18 +347,13 @@ class TAR(Defense):
         model, tok = load_trainable(ref, models.resolve_device(ctx.device))
         mk = lambda rows, bs, s: C.BatchCycler(C.tokenize(tok, ctx.template, rows, c.max_length), bs,  # noqa: E731
                                                tok.pad_token_id, s)
-        box: dict = {}
+        def with_frozen_start(trainer):  # the retain loss's reference: the starting weights, frozen
+            trainer.frozen = frozen_reference(trainer.model)
 
-        class _T(TARTrainer):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, **kw)
-                if c.retain_representations:
-                    self.frozen = frozen_reference(self.model)
-                box["t"] = self
-
+        capture = C.TrainerCapture(TARTrainer, setup=with_frozen_start if c.retain_representations else None)
         tc = C.lora_train_config(c, ctx.seed, warmup_steps=c.warmup_steps)
         new, info = train_sft(ref, retain, tc, out_dir, ctx.template, device=ctx.device, progress=ctx.progress,
-                              name="tar", trainer_cls=_T, model_and_tok=(model, tok),
+                              name="tar", trainer_cls=capture, model_and_tok=(model, tok),
                               trainer_kwargs={"harmful": mk(adversary, c.adversary_batch_size, ctx.seed),
                                               "heldout": mk(heldout, c.batch_size, ctx.seed + 1),
                                               "inner_steps": c.inner_steps, "inner_lr_samples": c.inner_lr_samples,
@@ -370,5 +363,5 @@ class TAR(Defense):
                                               "lambda_tr": c.lambda_tr, "lambda_retain": c.lambda_retain})
         info["data_stats"] = dict(built.stats)
         info["tr_weight_total"] = sum(tr_weights(c.inner_steps, c.tr_subsample, c.schedule_lambda).values())
-        info["meta_log"] = box["t"].meta_log
+        info["meta_log"] = capture.trainer.meta_log
         return new, info

@@ -85,6 +85,24 @@ def test_data_pools_respect_partitions():
     assert C.refusal_for("x", __import__("random").Random(0)) in C.REFUSAL_TEMPLATES
 
 
+def test_shared_helpers_lora_rule_trainer_capture_and_unsafe_filter():
+    from sdd_bench.defenses.refusal_sft import RefusalSFT
+    from sdd_bench.defenses.sdd import SDD
+    from sdd_bench.harness import data
+    rs = RefusalSFT.configure("smoke").cfg
+    tc = C.train_config(rs, 0)
+    assert tc.lora_alpha == C.LORA_ALPHA_PER_RANK * rs.lora_r and tc.max_steps == rs.max_steps  # no α of its own: 2r
+    assert C.train_config(SDD.configure("smoke", {"lora_alpha": 8.0}).cfg, 0).lora_alpha == 8.0  # its own α wins
+    with pytest.raises(TypeError, match="lacks the training fields"):  # the baselines must state every field
+        C.lora_train_config(rs, 0)
+    cap = C.TrainerCapture(dict, setup=lambda t: t.update(seen=True))
+    assert cap(a=1) is cap.trainer and cap.trainer == {"a": 1, "seen": True}
+    rows = C.unsafe_pairs("beavertails-attack")
+    assert rows and all(not r["is_safe"] and r["response"].strip() for r in rows)
+    distinct = C.unsafe_pairs("beavertails-defense", distinct_prompts=True)
+    assert len({data.normalize(r["prompt"]) for r in distinct}) == len(distinct) < len(C.unsafe_pairs("beavertails-defense"))
+
+
 # --- SimPO ---------------------------------------------------------------------------------
 
 def test_simpo_loss_matches_hand_computation(fresh, tmp_path):
