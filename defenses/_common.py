@@ -265,8 +265,8 @@ LORA_ALPHA_PER_RANK = 2
 def train_config(c, seed: int, *, required: tuple[str, ...] = (), **kw):
     """A ``TrainConfig`` from a defense config: every ``TrainConfig`` field the config declares under the same name
     (lr, epochs, max_steps, batch_size, max_length, lora, lora_r, lora_alpha, scheduler, …), then ``kw``; the others
-    keep ``TrainConfig``'s defaults.  A config with ``lora_r`` but no ``lora_alpha`` gets α = ``LORA_ALPHA_PER_RANK``·r.
-    A config lacking one of ``required`` is a programming error and raises."""
+    keep ``TrainConfig``'s defaults.  A config with ``lora_r`` but no ``lora_alpha`` gets
+    α = ``LORA_ALPHA_PER_RANK``·r.  A config lacking one of ``required`` is a programming error and raises."""
     import dataclasses
 
     from sdd_bench.harness.training import TrainConfig

@@ -167,7 +167,8 @@ def check_defense_class(name: str, obj: Any) -> None:
     params = inspect.signature(obj.defend).parameters
     if "built" not in params:
         raise TypeError(f"{where}: defend has no `built` parameter; declare it as `def defend(self, ref, out_dir, ctx, "
-                        f"built=None)` and train on `self.data_for(ctx, built)` (the pipeline passes the data it built).")
+                        f"built=None)` and train on `self.data_for(ctx, built)` (the pipeline passes the data it "
+                        f"built).")
 
 
 _SIGNATURES = {"build_data": "`def build_data(self, seed=0) -> BuiltData`",

@@ -305,7 +305,8 @@ class RepNoise(Defense):
 
     def build_data(self, seed: int = 0) -> BuiltData:
         rows = paired_rows(self.cfg.n_pairs, seed)
-        return BuiltData(rows, harmful_prompts=prompts_of(rows), stats={"pairs": len(rows), "requested": self.cfg.n_pairs})
+        return BuiltData(rows, harmful_prompts=prompts_of(rows),
+                         stats={"pairs": len(rows), "requested": self.cfg.n_pairs})
 
     def defend(self, ref, out_dir, ctx, built=None):
         from sdd_bench.harness import models

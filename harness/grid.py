@@ -285,7 +285,8 @@ def attack_estimate(profile: str, attack) -> float | None:
     run (a fine-tuning attack's ``planned_steps``: min(cap, recipe steps), so a 10-shot attack is priced at its 5
     steps; attacks without one step count — two-phase restore, refusal ablation — get the flat default)."""
     base = DEFAULT_ESTIMATE_S[profile]["attack"]
-    ref, steps = ATTACK_REFERENCE_STEPS.get(profile), attack.planned_steps()  # None: no single count (restore, ablation)
+    ref = ATTACK_REFERENCE_STEPS.get(profile)
+    steps = attack.planned_steps()  # None: no single count (restore, ablation)
     if base is None or ref is None or not isinstance(steps, int):
         return base
     return float(base) * steps / ref

@@ -368,8 +368,9 @@ def preflight(r: Resolved, *, judges: bool = True) -> tuple[dict, dict, dict]:
     credentials (:func:`preflight_judges`; ``run_cell`` skips them for a cell already finished, which needs none).
     Returns the evaluation sets, the defense and attack data it built (role → ``build_data``'s result: ``defense``
     and ``base_defense`` → ``BuiltData``, ``attack`` → (rows, info)) and their overlap report, so training
-    (``defend_stage``) and the record's provenance reuse them instead of building them again.  An attack on donor-built responses is only checked here (its data needs the store): it
-    has no entry, and provenance checks it once attack_stage has built it."""
+    (``defend_stage``) and the record's provenance reuse them instead of building them again.  An attack on
+    donor-built responses is only checked here (its data needs the store): it has no entry, and provenance checks it
+    once attack_stage has built it."""
     sets = eval_sets(r.profile, r.spec)
     preflight_capability(r)
     if judges:

@@ -100,7 +100,8 @@ def test_shared_helpers_lora_rule_trainer_capture_and_unsafe_filter():
     rows = C.unsafe_pairs("beavertails-attack")
     assert rows and all(not r["is_safe"] and r["response"].strip() for r in rows)
     distinct = C.unsafe_pairs("beavertails-defense", distinct_prompts=True)
-    assert len({data.normalize(r["prompt"]) for r in distinct}) == len(distinct) < len(C.unsafe_pairs("beavertails-defense"))
+    every = C.unsafe_pairs("beavertails-defense")
+    assert len({data.normalize(r["prompt"]) for r in distinct}) == len(distinct) < len(every)
 
 
 # --- SimPO ---------------------------------------------------------------------------------

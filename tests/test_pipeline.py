@@ -200,7 +200,8 @@ def test_same_config_same_numbers_in_a_fresh_store(sdd_cell, store):
 
 def test_defense_and_attack_data_built_once_for_preflight_and_provenance(session_store, monkeypatch):
     """preflight builds the defense's and the attack's data; training and the record's provenance reuse it (no second
-    build from run_cell or the defense's defend); a donor-built attack (needs the store) is the one exception, built after attack_stage."""
+    build from run_cell or the defense's defend); a donor-built attack (needs the store) is the one exception, built
+    after attack_stage."""
     import inspect
     from sdd_bench.attacks.finetune import FinetuneAttack
     from sdd_bench.defenses.sdd import SDD
