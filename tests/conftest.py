@@ -9,6 +9,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _embed_cache(tmp_path_factory):
+    """One embedding cache per test session (judges/relevance.py): shared by the tests, never the user's."""
+    os.environ["SDD_BENCH_EMBED_CACHE"] = str(tmp_path_factory.mktemp("embeddings"))
+
+
 @pytest.fixture(scope="session")
 def session_store(tmp_path_factory):
     from sdd_bench.harness.store import Store

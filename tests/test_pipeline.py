@@ -110,7 +110,7 @@ def test_advbench_cycles_past_520():
     assert len(rows) == 1000 and info["cycled"] and info["cycles"] == 2 and info["available"] == 520
 
 
-def test_relevance_scores_do_not_depend_on_the_thread_count():
+def test_relevance_scores_do_not_depend_on_the_thread_count(monkeypatch):
     """A Ray cell gets cpus_per_cell threads, a local run the whole machine: the judge must score alike on both.
     Unpinned, MKL's thread split moved these scores (a templated prompt against the empty answer a collapsed tiny
     model emits) in the 8th digit: 0.103011094 on 1 thread, 0.103011087 on 2 and 4."""
@@ -123,6 +123,7 @@ def test_relevance_scores_do_not_depend_on_the_thread_count():
                                             "I was away.", "How do plants grow?",
                                             "Describe a river at dawn in two sentences.", "Suggest a name for a grey cat.")]
     answers = [" "] * 4
+    monkeypatch.setenv("SDD_BENCH_EMBED_CACHE", "off")  # every call encodes: the cache would answer the 2nd and 3rd
     before = torch.get_num_threads()
     scores = {}
     for n in (1, 2, 4):
@@ -131,6 +132,40 @@ def test_relevance_scores_do_not_depend_on_the_thread_count():
         assert torch.get_num_threads() == n  # the caller's setting is restored
     torch.set_num_threads(before)
     assert scores[1] == scores[2] == scores[4]
+
+
+def test_embedding_cache_hit_is_bit_identical_and_skips_the_encoder(tmp_path, monkeypatch):
+    """SDD embeds the same response pool in every cell and in `validate` (issue 40): the second call reads the
+    cached floats, exactly those an encoding gives, and never runs the encoder."""
+    import numpy as np
+
+    from sdd_bench.judges import relevance as R
+    texts = ["How do plants grow?", "A river at dawn, in two sentences.", "", "Suggest a name for a grey cat."]
+    monkeypatch.setenv("SDD_BENCH_EMBED_CACHE", "off")
+    fresh = R.embed(texts, batch_size=2)
+    monkeypatch.setenv("SDD_BENCH_EMBED_CACHE", str(tmp_path / "emb"))
+    first = R.embed(texts, batch_size=2)
+    assert len(list((tmp_path / "emb").glob("*.npy"))) == 1 and not list((tmp_path / "emb").glob("*.tmp"))
+    model = R.embedder("cpu")
+
+    def no_encoding(*a, **k):
+        raise AssertionError("the encoder ran on a cache hit")
+    monkeypatch.setattr(model, "encode", no_encoding)
+    hit = R.embed(texts, batch_size=2)
+    assert np.array_equal(fresh, first) and np.array_equal(first, hit) and hit.dtype == fresh.dtype
+    # anything the floats depend on is in the key: order, batch size, each text
+    for other in (texts[::-1], texts[:3] + ["Suggest a name for a gray cat."]):
+        with pytest.raises(AssertionError, match="encoder ran"):
+            R.embed(other, batch_size=2)
+    with pytest.raises(AssertionError, match="encoder ran"):
+        R.embed(texts, batch_size=3)
+    # a damaged entry is re-encoded and replaced, not trusted
+    monkeypatch.undo()
+    monkeypatch.setenv("SDD_BENCH_EMBED_CACHE", str(tmp_path / "emb"))
+    entry = next((tmp_path / "emb").glob("*.npy"))
+    entry.write_bytes(b"not an array")
+    assert np.array_equal(R.embed(texts, batch_size=2), fresh)
+    assert np.array_equal(np.load(entry), fresh)
 
 
 def test_sdd_pairs_are_irrelevant_and_category_balanced():
