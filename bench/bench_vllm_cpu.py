@@ -3,12 +3,13 @@
 One run times, on the same prompts and the same threads:
 
 * ``hf`` float32 (the smoke profile's backend today) -- and bfloat16 with ``--hf-dtypes float32,bfloat16``;
-* ``vllm`` float32 and bfloat16 (``--vllm-dtypes``), each one engine serving the evaluation's three sets in
+* ``vllm`` float32 and bfloat16 (``--vllm-dtypes``; ``float32:compile`` = with vLLM's torch.compile warm-up,
+  which the backend skips on CPU by default), each one engine serving the evaluation's three sets in
   turn (64 + 32 + 32 prompts by default, the smoke profile's sizes) as the pipeline does: the engine start-up
   is paid once per dtype and counted.
 
 Per backend and dtype it prints tokens per wall-second with and without start-up (model load for ``hf``,
-engine start incl. vLLM's torch.compile warm-up for ``vllm``), tokens per CPU-second of all processes
+engine start for ``vllm``: worker, weights, and the torch.compile warm-up where it is on), tokens per CPU-second of all processes
 involved (for ``vllm``: the worker, its engine core and model worker processes, via psutil, read before the
 worker exits), and for each vLLM dtype how many outputs are token-identical to ``hf`` float32.
 
@@ -76,10 +77,13 @@ def run_hf(ref, sets_texts, cfg, dtype):
 
 
 def run_vllm(ref, tok, sets_texts, cfg, dtype, kv_gib):
+    """``dtype`` may end in ``:compile`` (vLLM's torch.compile warm-up) or ``:eager`` (without it, the CPU default)."""
     from sdd_bench.harness import vllm_backend
     from sdd_bench.harness.vllm_backend import VLLMBackend, VLLMEngineConfig
     c0, t0 = _self_cpu(), time.time()
-    engine = VLLMEngineConfig(dtype=dtype, cpu_kv_cache_gib=kv_gib)
+    dtype, _, mode = dtype.partition(":")
+    engine = VLLMEngineConfig(dtype=dtype, cpu_kv_cache_gib=kv_gib,
+                              enforce_eager={"compile": False, "eager": True}.get(mode))
     gens, start_s, gen_s = [], 0.0, 0.0
     for texts in sets_texts:
         be = VLLMBackend(None, tok, ref=ref, engine=engine)  # a new backend per set, as generate_stage makes one
@@ -117,7 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64, help="smoke profile: 64")
     ap.add_argument("--batch-size", type=int, default=32, help="hf batch size (smoke profile: 32)")
     ap.add_argument("--hf-dtypes", default="float32")
-    ap.add_argument("--vllm-dtypes", default="float32,bfloat16")
+    ap.add_argument("--vllm-dtypes", default="float32,bfloat16,float32:compile",
+                    help="comma list; DTYPE:compile = with vLLM's torch.compile warm-up (off by default on CPU)")
     ap.add_argument("--kv-gib", type=float, default=4.0, help="vLLM CPU KV cache (GiB)")
     ap.add_argument("--workdir", default=os.environ.get("SDD_BENCH_WORKDIR", "runs"))
     ap.add_argument("--json", help="also write the result here")

@@ -39,6 +39,9 @@ On CPU:
 * **threads**: the engine runs ``cpu_threads`` OpenMP threads (0 = this process's
   ``torch.get_num_threads()``, i.e. ``OMP_NUM_THREADS``), unpinned
   (``VLLM_CPU_OMP_THREADS_BIND=nobind``) unless ``VLLM_CPU_OMP_THREADS_BIND`` is exported;
+* **no torch.compile** by default (``enforce_eager`` auto = True on CPU): on SmolLM2-135M the compile
+  warm-up made the engine start take 155 s instead of 32 s and decoded no faster (151 vs 159 tokens/s,
+  bench/bench_vllm_cpu.py, docs/gpu.md);
 * **dtype** ``auto`` is float32, the dtype ``hf`` uses on CPU: greedy float32 vLLM output was
   token-identical to ``hf`` float32 on SmolLM2-135M-Instruct (issue 39: 32/32 prompts × 64
   tokens; tests/test_vllm_backend.py re-checks it), bfloat16 was not (9/32).  On CUDA ``auto``
@@ -50,8 +53,7 @@ between ``generate`` calls (``keep_alive``) and keeps its engine while the base 
 engine settings stay the same -- the three evaluation sets of a model, and adapters of the same
 base, share one engine.  A different base replaces the engine in the same worker; the worker
 exits with this process (or :func:`shutdown`), which releases its memory.  On CPU the start-up
-is dominated by vLLM's torch.compile warm-up (1-2.5 min for SmolLM2-135M on a loaded 2-core
-machine; with LoRA vLLM turns compilation off: faster start, slower decode).
+(without torch.compile) is about 30 s for SmolLM2-135M on the loaded 2-core machine.
 
 Status: the request building and output mapping are unit-tested against a fake engine, and
 greedy equality with ``hf`` (plain and LoRA), finish reasons and token limits against the real
@@ -110,7 +112,9 @@ class VLLMEngineConfig:
                        "token-identical to hf, issue 39), bfloat16 on CUDA")
     tensor_parallel_size: int = param(1, "GPUs per engine", ge=1)
     max_num_seqs: int = param(256, "sequences scheduled at once (vLLM's batch)", ge=1)
-    enforce_eager: bool = param(False, "no CUDA graphs / torch.compile (faster start, slower decode)")
+    enforce_eager: bool | None = param(None, "no torch.compile / CUDA graphs; None = auto: on CPU True (SmolLM2-135M, "
+                                       "bench/bench_vllm_cpu.py: engine start 32 s instead of 155 s, decoding as fast), on "
+                                       "CUDA False (CUDA graphs)")
     max_lora_rank: int = param(0, "start the engine with LoRA support up to this rank even for a base-model plan, so "
                                "one engine serves a base and its adapters (on CPU vLLM turns torch.compile off with LoRA: "
                                "a start of seconds, not minutes, and slower decoding); 0 = only when a plan has an adapter",
@@ -256,7 +260,9 @@ def build_plan(ref, tok, texts: Sequence[str], cfg: GenConfig, engine: VLLMEngin
     prompt_ids = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     engine_kwargs: dict[str, Any] = dict(model=ref.path, tokenizer=ref.path, dtype=resolved_dtype(engine, platform),
                                          tensor_parallel_size=engine.tensor_parallel_size,
-                                         max_num_seqs=engine.max_num_seqs, enforce_eager=engine.enforce_eager,
+                                         max_num_seqs=engine.max_num_seqs,
+                                         enforce_eager=(platform == "cpu") if engine.enforce_eager is None
+                                         else bool(engine.enforce_eager),
                                          seed=int(cfg.seed))
     env: dict[str, str] = {}
     if platform == "cpu":

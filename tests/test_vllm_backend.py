@@ -123,6 +123,7 @@ def test_cpu_plan_sizes_kv_cache_threads_and_dtype(tiny_ref, tiny_loaded, texts,
     assert e["kv_cache_memory_bytes"] == int(1.5 * 2 ** 30)
     assert "gpu_memory_utilization" not in e  # on CPU vLLM would read it as a fraction of system RAM
     assert e["dtype"] == "float32"  # what hf uses on CPU: greedy outputs token-identical
+    assert e["enforce_eager"] is True  # no torch.compile warm-up on CPU by default
     assert plan["env"] == {"OMP_NUM_THREADS": "3", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")
     plan = build_plan(tiny_ref, tok, texts, GenConfig(), VLLMEngineConfig(dtype="bfloat16"), platform="cpu")
@@ -130,7 +131,9 @@ def test_cpu_plan_sizes_kv_cache_threads_and_dtype(tiny_ref, tiny_loaded, texts,
     assert plan["engine"]["dtype"] == "bfloat16" and plan["engine"]["kv_cache_memory_bytes"] == 4 * 2 ** 30
     gpu = build_plan(tiny_ref, tok, texts, GenConfig(), VLLMEngineConfig(), platform="cuda")
     assert gpu["engine"]["gpu_memory_utilization"] == 0.85 and "kv_cache_memory_bytes" not in gpu["engine"]
-    assert gpu["env"] == {} and gpu["engine"]["dtype"] == "bfloat16"
+    assert gpu["env"] == {} and gpu["engine"]["dtype"] == "bfloat16" and gpu["engine"]["enforce_eager"] is False
+    assert build_plan(tiny_ref, tok, texts, GenConfig(), VLLMEngineConfig(enforce_eager=False),
+                      platform="cpu")["engine"]["enforce_eager"] is False
     # LoRA support without an adapter (one engine for a base and its adapters): rank rounded up, no request
     lp = build_plan(tiny_ref, tok, texts, GenConfig(), VLLMEngineConfig(max_lora_rank=10), platform="cpu")
     assert lp["engine"]["enable_lora"] is True and lp["engine"]["max_lora_rank"] == 16 and lp["lora"] is None
@@ -288,9 +291,9 @@ REAL_PROMPTS = ["Reply with just the word yes.", "Name three colours.", "What is
 REAL_MAX_NEW = 12
 
 
-# One engine for the module: LoRA-enabled, so the base-model and the adapter plans share it.  With LoRA vLLM's
-# CPU build skips torch.compile, so it starts in seconds instead of minutes; the compiled engine (the default
-# without adapters) is compared with hf by bench/bench_vllm_cpu.py (docs/gpu.md).
+# One engine for the module: LoRA-enabled, so the base-model and the adapter plans share it (and, like the default
+# on CPU, without torch.compile: it starts in about 30 s).  bench/bench_vllm_cpu.py compares the engine without
+# LoRA, with and without compilation, with hf on 128 prompts (docs/gpu.md).
 REAL_ENGINE = VLLMEngineConfig(cpu_kv_cache_gib=1, max_model_len=512, max_lora_rank=8)
 
 
