@@ -40,8 +40,8 @@ On CPU:
   ``torch.get_num_threads()``, i.e. ``OMP_NUM_THREADS``), unpinned
   (``VLLM_CPU_OMP_THREADS_BIND=nobind``) unless ``VLLM_CPU_OMP_THREADS_BIND`` is exported;
 * **no torch.compile** by default (``enforce_eager`` auto = True on CPU): on SmolLM2-135M the compile
-  warm-up made the engine start take 155 s instead of 32 s and decoded no faster (151 vs 159 tokens/s,
-  bench/bench_vllm_cpu.py, docs/gpu.md);
+  warm-up made the engine start take 98 s instead of 38 s (155 s vs 32 s on a busier machine) while
+  decoding within 12 % of the eager engine (bench/bench_vllm_cpu.py, docs/gpu.md);
 * **dtype** ``auto`` is float32, the dtype ``hf`` uses on CPU: greedy float32 vLLM output was
   token-identical to ``hf`` float32 on SmolLM2-135M-Instruct (issue 39: 32/32 prompts × 64
   tokens; tests/test_vllm_backend.py re-checks it), bfloat16 was not (9/32).  On CUDA ``auto``
@@ -53,7 +53,7 @@ between ``generate`` calls (``keep_alive``) and keeps its engine while the base 
 engine settings stay the same -- the three evaluation sets of a model, and adapters of the same
 base, share one engine.  A different base replaces the engine in the same worker; the worker
 exits with this process (or :func:`shutdown`), which releases its memory.  On CPU the start-up
-(without torch.compile) is about 30 s for SmolLM2-135M on the loaded 2-core machine.
+(without torch.compile) is 32-38 s for SmolLM2-135M on the loaded 2-core machine.
 
 Status: the request building and output mapping are unit-tested against a fake engine, and
 greedy equality with ``hf`` (plain and LoRA), finish reasons and token limits against the real
@@ -113,8 +113,8 @@ class VLLMEngineConfig:
     tensor_parallel_size: int = param(1, "GPUs per engine", ge=1)
     max_num_seqs: int = param(256, "sequences scheduled at once (vLLM's batch)", ge=1)
     enforce_eager: bool | None = param(None, "no torch.compile / CUDA graphs; None = auto: on CPU True (SmolLM2-135M, "
-                                       "bench/bench_vllm_cpu.py: engine start 32 s instead of 155 s, decoding as fast), on "
-                                       "CUDA False (CUDA graphs)")
+                                       "bench/bench_vllm_cpu.py: engine start 38 s instead of 98 s, decoding within 12 %), "
+                                       "on CUDA False (CUDA graphs)")
     max_lora_rank: int = param(0, "start the engine with LoRA support up to this rank even for a base-model plan, so "
                                "one engine serves a base and its adapters (on CPU vLLM turns torch.compile off with LoRA: "
                                "a start of seconds, not minutes, and slower decoding); 0 = only when a plan has an adapter",
@@ -431,7 +431,11 @@ class _Worker:
                                 + _failure_hint(plan.get("platform", "cuda")))
         reply = json.loads(line)
         if reply.get("error"):
-            raise VLLMUnavailable(f"the vllm worker failed: {reply['error']}. " + _failure_hint(plan.get("platform", "cuda")))
+            try:
+                self.proc.wait(timeout=120)  # it exits after reporting; its engine shuts down first
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            raise SddBenchError(f"the vllm worker failed: {reply['error'].rstrip('.')}. " + _failure_hint(plan.get("platform", "cuda")))
         out = json.loads(res.read_text())
         res.unlink()
         req.unlink()
@@ -450,10 +454,12 @@ class _Worker:
 
 
 def _failure_hint(platform: str) -> str:
+    common = ("vLLM's log above names the root cause. A model shape its kernels do not support (e.g. "
+              "'Unsupported CPU attention configuration: head_dim=16' for the random `tiny` model) needs --backend hf. ")
     if platform == "cpu":
-        return ("On CPU: if memory is short, export VLLM_CPU_KVCACHE_SPACE=<GiB> (vLLM's variable; it overrides cpu_kv_cache_gib), and check that torchvision/torchaudio/"
-                "torchcodec are not CUDA builds (`pip uninstall -y torchvision torchaudio torchcodec`).")
-    return "Lower gpu_memory_utilization if another process holds GPU memory."
+        return common + ("If memory is short, export VLLM_CPU_KVCACHE_SPACE=<GiB> (vLLM's variable; it overrides "
+                         "cpu_kv_cache_gib).")
+    return common + "If another process holds GPU memory, lower gpu_memory_utilization."
 
 
 _WORKER: _Worker | None = None
@@ -556,10 +562,11 @@ def _serve(reply_fd: int) -> int:
             req = json.loads(line)
             try:
                 result = run_plan(json.loads(Path(req["plan"]).read_text()), cache=cache)
-            except ImportError as err:  # e.g. CUDA companions next to a CPU torch, or a broken install
-                replies.write(json.dumps({"error": f"importing vLLM failed: {type(err).__name__}: {err}"}) + "\n")
+            except Exception as err:  # noqa: BLE001 - reported to the parent, which raises one SddBenchError
+                what = "importing vLLM failed" if isinstance(err, ImportError) else "vLLM failed"
+                replies.write(json.dumps({"error": f"{what}: {type(err).__name__}: {err}"}) + "\n")
                 replies.flush()
-                return 1
+                raise
             Path(req["result"]).write_text(json.dumps(result))
             replies.write(json.dumps({"ok": True}) + "\n")
             replies.flush()
