@@ -285,6 +285,7 @@ def _vllm_skip_reason() -> str | None:
 
 REAL_SKIP = _vllm_skip_reason()
 real_engine = pytest.mark.skipif(REAL_SKIP is not None, reason=REAL_SKIP or "")
+smoke = pytest.mark.smoke  # the embedded SmolLM2 model
 # short harmless prompts: one answers in a few tokens (finish "stop"), the others are cut (finish "length")
 REAL_PROMPTS = ["Reply with just the word yes.", "Name three colours.", "What is 2+2? Answer with a number.",
                 "Write a sentence about the sea."]
@@ -314,6 +315,7 @@ def _same(vl, hf):
                (b.text, b.finish_reason, b.prompt_tokens, b.completion_tokens), (a, b)
 
 
+@smoke
 @real_engine
 def test_real_vllm_float32_greedy_equals_hf_and_engine_is_reused(smoke_real):
     ref, model, tok, texts = smoke_real
@@ -338,6 +340,7 @@ def test_real_vllm_float32_greedy_equals_hf_and_engine_is_reused(smoke_real):
     assert d["engine_version"] == version(d["engine_dist"]) and d["dtype"] == "float32"
 
 
+@smoke
 @real_engine
 def test_real_vllm_lora_unmerged_equals_hf_merged(smoke_real, tmp_path):
     from peft import LoraConfig, get_peft_model
