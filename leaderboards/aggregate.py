@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields, replace
 from statistics import NormalDist, fmean, stdev
 from typing import Callable, Iterable
 
-from sdd_bench.attacks.finetune import EVAL_ONLY_OPTIONS
+from sdd_bench.harness.config import EVAL_ONLY_OPTIONS
 
 from .records import Loaded, ReportError
 
