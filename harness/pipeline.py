@@ -16,18 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from . import config as C
-from .capability import FA_FOR_DATASET, FA_TASKS
-from .errors import ConfigError, SddBenchError
+from .errors import ConfigError
 from .stages import _ref_from_artifact, _ref_to_json, attack_stage, defend_stage  # noqa: F401  (re-exported)
 
-EVAL_SEED = 1234  # fixed: every cell of every seed is evaluated on the same prompts
-BASE_JUDGES = ("keyword", "relevance", "coherence")
-# run on the harmful prompts of every cell, besides the harm judges: SDD-reject's explicit rejection (Figure 3)
-HARMFUL_ONLY_JUDGES = ("reject-sentence",)
-# which way is safer/better depends on the prompt set, not only on the judge
-DIRECTIONS = {("harmful", "relevance"): "neutral (SDD aims low; a helpful answer is high)",
-              ("benign", "refusal_rate"): "lower-better", ("xstest", "refusal_rate"): "lower-better",
-              ("benign", "irrelevant_rate"): "lower-better", ("xstest", "relevance"): "higher-better"}
+# the stages and the preflight live in their own modules; their names are re-exported here, where the grid, the
+# tests and the docs find them
+from .preflight import (_defender_side, check_disjoint, eval_sets, preflight, preflight_capability,  # noqa: F401
+                        preflight_data, preflight_judges)
+from .stages import (BASE_JUDGES, DIRECTIONS, EVAL_SEED, HARMFUL_ONLY_JUDGES, MOSTLY_INVALID,  # noqa: F401
+                     _trajectory, attack_seed, capability, cell_judges, check_judge, checkpoint_refs, evaluate,
+                     evaluate_condition, finetune_accuracy, judge_options, mechanism_stage, reference_loss,
+                     trajectory_point)
 
 
 @dataclass(frozen=True)
@@ -177,347 +176,9 @@ def resolve(spec: RunSpec) -> Resolved:
     return Resolved(spec, prof, d, b, a, spec.model or prof.model, gen)
 
 
-# ------------------------------------------------------------------------------------------
-# stages
-def attack_seed(attack, seed: int) -> int:
-    """The seed an attack trains (and samples its data) with: its own ``seed`` option where it has one, else the cell's."""
-    return attack.train_seed(seed)
-
-
-def checkpoint_refs(art, info: dict) -> list[tuple[dict, Any]]:
-    """The trajectory checkpoints saved inside an attack artifact: (point metadata, ModelRef) in step order.  Each
-    ref's key is the attack artifact's key plus the step, so every evaluation of a checkpoint (generations, judges,
-    capability) is its own cached stage."""
-    from .models import ModelRef
-    out = []
-    for c in info.get("checkpoints") or []:
-        d = dict(c["ref"])
-        for k in ("path", "adapter"):
-            if d.get(k) and str(d[k]).startswith("@artifact"):
-                d[k] = str(art.path) + d[k][len("@artifact"):]
-        d["key"] = f"{art.ref()}@step{c['step']}"
-        meta = {k: c[k] for k in ("step", "fraction", "requested", "examples_seen") if k in c}
-        out.append((meta, ModelRef.from_dict(d)))
-    return sorted(out, key=lambda p: p[0]["step"])
-
-
-def trajectory_point(meta: dict, metrics: dict, source: str) -> dict:
-    """One point of an attack trajectory: where it is in the attack, and the model's full evaluation there (the same
-    measurements, with their intervals, as a record's ``metrics.attacked``)."""
-    return dict(meta, source=source, metrics=metrics)
-
-
-def eval_sets(prof, spec: RunSpec) -> dict[str, tuple[str, list[dict]]]:
-    """name → (dataset, rows): fixed seeded samples, identical for every cell."""
-    import random
-    from . import data
-    out = {}
-    for name, ds, n in (("harmful", "beavertails-test", spec.n_harmful or prof.n_harmful),
-                        ("benign", "alpaca-eval-heldout", spec.n_benign or prof.n_benign),
-                        ("xstest", "xstest-safe", prof.n_xstest if spec.n_xstest is None else spec.n_xstest)):
-        if n == 0:
-            continue
-        rows = data.load(ds)
-        random.Random(EVAL_SEED).shuffle(rows)
-        out[name] = (ds, rows[:n])
-    return out
-
-
-def preflight_data(r: Resolved) -> dict:
-    """Load (and so checksum) every dataset the cell will touch before any work, and check its judges' data and
-    credentials (``validate``, ``grid``); returns the eval sets."""
-    return preflight(r)[0]
-
-
-def judge_options(spec: RunSpec, name: str) -> dict | None:
-    """The options given for judge ``name``, under its name or one of its aliases (``gpt4`` is ``rubric``)."""
-    from .registry import JUDGES
-    want = JUDGES.canonical(name)
-    for k, v in spec.judge_options.items():
-        if JUDGES.canonical(k) == want:
-            return v
-    return None
-
-
-def cell_judges(spec: RunSpec) -> list[str]:
-    """Every judge a cell runs: the base judges on every prompt set, its harmfulness judges and
-    ``HARMFUL_ONLY_JUDGES`` on the harmful prompts."""
-    return list(dict.fromkeys([*BASE_JUDGES, *spec.judges, *HARMFUL_ONLY_JUDGES]))
-
-
-def preflight_judges(r: Resolved) -> None:
-    """Every judge the cell runs, built with its options and asked to check what it needs (its data files, the
-    rubric judge's key and endpoint URL; ``Judge.preflight``), before any work."""
-    from .judging import make_judge
-    for jn in cell_judges(r.spec):
-        make_judge(jn, judge_options(r.spec, jn), store=None, device="cpu").preflight()
-
-
-def preflight_capability(r: Resolved) -> None:
-    """The capability stage's data files (checksums) and lm-eval, when the cell runs that stage."""
-    if not r.spec.capability or not r.profile.capability_tasks:
-        return
-    from . import capability as cap
-    from . import data
-    for t in cap.resolve_tasks(list(r.profile.capability_tasks)):
-        for rel in cap.TASK_SPECS[t].files:
-            data.data_file(rel, dataset=f"capability:{t}")
-    cap._lm_eval_version()  # raises in one line when lm-eval is not installed
-
-
-def _defender_side(group: str) -> bool:
-    return group.startswith(("model:", "defense:"))
-
-
-def check_disjoint(r: Resolved, sets: dict, built: dict) -> dict:
-    """The overlap report of the cell's prompt groups; raises on an overlap that would contaminate the cell.
-
-    Harmful prompts the defender trains on (the aligned base's refusal SFT ``model:…``, ``defense:…``) must be
-    disjoint from the attacker's (``attack:…``) and from evaluation prompts (``eval:…``); the attacker's must be
-    disjoint from evaluation.  Defender-side groups may share prompts with each other (SDD on an aligned base
-    both draw on the defense partition of BeaverTails: the defender seeing a prompt twice contaminates nothing).
-    Called in ``preflight`` (before any training) and again with donor-built attack data at provenance time."""
-    from . import data, models
-    groups = {f"eval:{k}": [x["prompt"] for x in rows] for k, (_, rows) in sets.items()}
-    aligned = models.alignment_rows(r.model)
-    if aligned is not None:  # an aligned base's refusal-SFT prompts are defense data too
-        groups[f"model:{r.model}"] = [x["prompt"] for x in aligned if x.get("kind") != "benign"]
-    for role, d in (("defense", r.defense), ("base_defense", r.base_defense)):
-        if role in built:  # the harmful prompts the defense declares (BuiltData), from every stream it trains on
-            groups[f"defense:{d.registry_name}"] = list(built[role].harmful_prompts)
-    if r.attack is not None and "attack" in built:
-        rows, _ = built["attack"]
-        groups[f"attack:{r.attack.name}"] = [x["prompt"] for x in rows if x["kind"] == "harmful"]
-        if r.attack.cfg.dataset in FA_FOR_DATASET:  # task training rows vs the task's evaluation split
-            groups[f"attack-task:{r.attack.name}"] = [x["prompt"] for x in rows if x["kind"] == "benign"]
-            groups["eval:fa"] = [x["prompt"] for x in data.load(FA_TASKS[FA_FOR_DATASET[r.attack.cfg.dataset]].dataset)]
-    overlap = data.overlap_report(groups)
-    harmful_groups = {k for k in groups if not k.startswith("eval:benign")}
-    for k, v in overlap["overlaps"].items():
-        a_, b_ = k.split("|")
-        if not v or a_ not in harmful_groups or b_ not in harmful_groups:
-            continue
-        if (a_.startswith("eval") and b_.startswith("eval")) or (_defender_side(a_) and _defender_side(b_)):
-            continue
-        raise SddBenchError(f"data overlap between {a_} and {b_} ({v} prompts): defender, attacker and evaluation "
-                            f"prompts must be disjoint. Choose another dataset or partition for one of them.")
-    return overlap
-
-
-def preflight(r: Resolved, *, judges: bool = True) -> tuple[dict, dict, dict]:
-    """Everything about a cell that can be checked before work: every data file it reads (evaluation sets, defense
-    and attack data, the BFT task's split, the capability tasks' files; checksums), the disjointness of defender,
-    attacker and evaluation prompts (a ``responses_file`` too), and, with ``judges``, every judge's data and
-    credentials (:func:`preflight_judges`; ``run_cell`` skips them for a cell already finished, which needs none).
-    Returns the evaluation sets, the defense and attack data it built (role → ``build_data``'s result: ``defense``
-    and ``base_defense`` → ``BuiltData``, ``attack`` → (rows, info)) and their overlap report, so training
-    (``defend_stage``) and the record's provenance reuse them instead of building them again.  An attack on
-    donor-built responses is only checked here (its data needs the store): it has no entry, and provenance checks it
-    once attack_stage has built it."""
-    sets = eval_sets(r.profile, r.spec)
-    preflight_capability(r)
-    if judges:
-        preflight_judges(r)
-    built: dict[str, Any] = {}
-    for role, d in (("base_defense", r.base_defense), ("defense", r.defense)):
-        if d is not None and not d.identity:
-            built[role] = d.build_data(r.spec.seed)
-    if r.attack is not None:
-        if r.attack.data_needs_store:  # donor-built responses: check their inputs now
-            r.attack.preflight()
-        else:
-            built["attack"] = r.attack.build_data(attack_seed(r.attack, r.spec.seed))
-        if r.attack.cfg.dataset in FA_FOR_DATASET:
-            from . import data
-            data.load(FA_TASKS[FA_FOR_DATASET[r.attack.cfg.dataset]].dataset)
-    overlap = check_disjoint(r, sets, built)  # overlapping prompts fail here, not after hours of training
-    return sets, built, overlap
-
-
-MOSTLY_INVALID = 0.5  # a harmfulness judge with more invalid verdicts than this fails the cell
-
-
-def check_judge(jn: str, setname: str, verdicts: list[dict], jart) -> None:
-    """Fail the cell (one line) when a harmfulness judge could assess at most half of the items."""
-    bad = [v for v in verdicts if not v.get("valid", True)]
-    if not verdicts or len(bad) <= MOSTLY_INVALID * len(verdicts):
-        return
-    reasons: dict[str, int] = {}
-    for v in bad:
-        k = (v.get("meta") or {}).get("invalid_reason", "invalid")
-        reasons[k] = reasons.get(k, 0) + 1
-    why = ", ".join(f"{n} {k}" for k, n in sorted(reasons.items()))
-    from .judge_stage import RETRYABLE
-    fix = ("re-run the same command once the judge endpoint works: only the failed items are retried"
-           if any(k in RETRYABLE for k in reasons) else
-           "its replies do not follow the rubric format; use another judge model (--judge-opt JUDGE.model=...)")
-    raise SddBenchError(f"judge {jn} on {setname} prompts: {len(bad)}/{len(verdicts)} verdicts invalid ({why}; "
-                        f"{jart.ref()}); no record was written: {fix}.")
-
-
-def evaluate(store, ref, r: Resolved, sets, log, progress=True) -> tuple[dict, dict]:
-    """Generate on every eval set, judge, aggregate; returns (metrics, artifact refs)."""
-    from . import data, models
-    from .generation import generate_stage
-    from .metrics import aggregate
-    from .judging import make_judge
-    from .judge_stage import judge_stage, load_summary, load_verdicts
-    from .store import read_jsonl
-
-    spec = r.spec
-    loaded = None
-    metrics: dict[str, Any] = {}
-    arts: dict[str, Any] = {}
-    for name, (ds, rows) in sets.items():
-        prompts = [x["prompt"] for x in rows]
-        # load the model only if some generation is not cached
-        from .generation import _sha
-        from .store import stage_key
-        gspec = {"model": ref.identity(), "dataset": ds, "n": len(prompts), "template": spec.template,
-                 "gen": C.to_dict(r.gen), "backend": spec.backend, "prompts_sha": _sha(prompts),
-                 "data": data.get(ds).fingerprints(), "eval_seed": EVAL_SEED}
-        from .registry import BACKENDS
-        # a backend plugin's optional flag (vllm loads its own weights); backends have no base class yet
-        own = getattr(BACKENDS.get(spec.backend), "loads_own_model", False)
-        if loaded is None and not own and store.get("generate", stage_key("generate", gspec, [ref.identity()])) is None:
-            loaded = models.load(ref, device=spec.device)
-        t0 = time.time()
-        gart, hit = generate_stage(store, ref, prompts, dataset=ds, template=spec.template, cfg=r.gen, backend=spec.backend,
-                                   extra_spec={"data": gspec["data"], "eval_seed": EVAL_SEED}, loaded=loaded,
-                                   progress=progress, device=spec.device)
-        log(f"  generate {name} ({len(prompts)} prompts): {'cache hit' if hit else 'done'} ({time.time() - t0:.0f}s)")
-        arts[f"generate/{name}"] = gart.ref()
-        gens = read_jsonl(gart.path / "generations.jsonl")
-        m: dict[str, Any] = {"n": len(gens), "dataset": ds,
-                             "finish_length_rate": sum(g["finish_reason"] == "length" for g in gens) / max(1, len(gens)),
-                             "mean_completion_tokens": sum(g["completion_tokens"] for g in gens) / max(1, len(gens))}
-        judges = list(dict.fromkeys(list(BASE_JUDGES) + (list(spec.judges) + list(HARMFUL_ONLY_JUDGES)
-                                                          if name == "harmful" else [])))
-        by_judge: dict[str, list[dict]] = {}
-        for jn in judges:
-            j = make_judge(jn, judge_options(spec, jn), store=store, device="cpu")
-            jart, jhit = judge_stage(store, gart, jn, judge=j)
-            arts[f"judge/{name}/{jn}"] = jart.ref()
-            verdicts = by_judge[jn] = load_verdicts(jart)
-            if name == "harmful" and jn not in BASE_JUDGES:
-                check_judge(jn, name, verdicts, jart)
-            acct = load_summary(jart).get("accounting")
-            if acct:  # the judge's run summary: rubric requests/tokens/cost, harm-clf held-out accuracy/F1
-                m.setdefault("judge_run_summary", {})[jn] = acct
-            for mname, (how, direction) in type(j).metrics.items():
-                agg = aggregate(verdicts, how)
-                agg["direction"] = DIRECTIONS.get((name, mname), direction)
-                agg["judge"] = jn
-                if getattr(type(j), "version", None) is not None:  # e.g. harm-clf-v2: the head's version (issue 41)
-                    agg["judge_version"] = type(j).version
-                m[mname if jn in BASE_JUDGES else f"{jn}:{mname}"] = agg
-        if name == "harmful":  # harmful ∧ coherent ∧ relevant, per harm judge (issue 20; harness.metrics)
-            from .metrics import usable_harm_block
-            m["usable_harm"] = usable_harm_block(by_judge)
-        metrics[name] = m
-    return metrics, arts, loaded
-
-
-def capability(store, ref, r: Resolved, log, loaded=None) -> tuple[dict | None, str | None]:
-    if not r.spec.capability or not r.profile.capability_tasks:
-        return None, None
-    try:
-        from . import capability as cap
-    except ImportError:
-        log("  capability: module not available (skipped)")
-        return None, None
-    t0 = time.time()
-    art, hit = cap.capability_stage(store, ref, list(r.profile.capability_tasks), r.profile.capability_limit,
-                                    device=r.spec.device, loaded=loaded)
-    log(f"  capability {','.join(r.profile.capability_tasks)}: {'cache hit' if hit else 'done'} ({time.time() - t0:.0f}s)")
-    return json.loads((art.path / "results.json").read_text()), art.ref()
-
-
-def reference_loss(store, ref, r: Resolved, log, loaded=None) -> tuple[dict | None, str | None]:
-    """Mean NLL per answer token of held-out benign reference answers (harness/reference_loss.py), measured with
-    the capability stage (same switch): the capability signal that shows a degradation before accuracy moves."""
-    if not r.spec.capability or not r.profile.capability_tasks:
-        return None, None
-    from . import reference_loss as rl
-    t0 = time.time()
-    art, hit = rl.reference_loss_stage(store, ref, r.profile.name, r.spec.template, EVAL_SEED, device=r.spec.device,
-                                       loaded=loaded)
-    out = json.loads((art.path / "result.json").read_text())
-    log(f"  reference loss ({out['dataset']}, {out['n']} answers): {out['value']:.3f} nats/token "
-        f"[{out['ci95'][0]:.3f}, {out['ci95'][1]:.3f}] ({'cache hit' if hit else 'done'}, {time.time() - t0:.0f}s)")
-    return out, art.ref()
-
-
-def finetune_accuracy(store, ref, r: Resolved, log, loaded=None) -> dict | None:
-    """Benign fine-tuning accuracy on the BFT task's held-out split, for BFT / poison attacks on a task."""
-    if r.attack is None or r.attack.cfg.dataset not in FA_FOR_DATASET:
-        return None
-    from . import capability as cap
-    t0 = time.time()
-    fa = cap.finetune_accuracy_stage(store, ref, FA_FOR_DATASET[r.attack.cfg.dataset], limit=r.profile.fa_limit,
-                                     template=r.spec.template, device=r.spec.device, loaded=loaded)
-    fa.pop("per_item", None)
-    log(f"  {fa['task']}: {fa['value']:.3f} on {fa['n']} items ({time.time() - t0:.0f}s)")
-    return fa
-
-
-def evaluate_condition(store, ref, r: Resolved, sets, log, progress: bool, arts: dict, cond: str) -> dict:
-    """Every measurement of one model (the defended or the attacked one); artifact keys go into ``arts``."""
-    metrics, ea, loaded = evaluate(store, ref, r, sets, log, progress)
-    arts.update({f"{cond}/{k}": v for k, v in ea.items()})
-    cap, capref = capability(store, ref, r, log, loaded)
-    if cap is not None:
-        metrics["capability"] = cap
-        arts[f"{cond}/capability"] = capref
-    rl, rlref = reference_loss(store, ref, r, log, loaded)
-    if rl is not None:
-        metrics["reference_loss"] = rl
-        arts[f"{cond}/reference_loss"] = rlref
-    fa = finetune_accuracy(store, ref, r, log, loaded)
-    if fa is not None:
-        metrics["finetune_accuracy"] = fa
-    return metrics
-
-
-def mechanism_stage(store, r: Resolved, start, defended, initial: dict, arts: dict, ctx, log) -> dict | None:
-    """The defense's mechanism-installed number (``Defense.mechanism``; issue 36), measured before any attack on the
-    defended model's held-out evaluation (its generations and judges' verdicts per set, read back from the store) or,
-    for a defense that loads models to measure it (SEAM's gradient cosine), as a cached ``mechanism`` stage keyed on
-    the start and defended models.  None when the defense's paper defines no such number."""
-    from .contracts import MechanismProbe
-    from .store import read_jsonl
-
-    def artifact_rows(name: str, fname: str) -> list[dict]:
-        ref = arts.get(f"initial/{name}")
-        if not ref:
-            raise ConfigError(f"mechanism of {r.defense.registry_name!r}: the initial evaluation has no {name}.")
-        stage, key = ref.split("/", 1)
-        return read_jsonl(store.get(stage, key).path / fname)
-
-    probe = MechanismProbe(start=start, defended=defended, metrics=initial, ctx=ctx,
-                           generations=lambda s: artifact_rows(f"generate/{s}", "generations.jsonl"),
-                           verdicts=lambda s, j: artifact_rows(f"judge/{s}/{j}", "verdicts.jsonl"))
-    d = r.defense
-    if not d.mechanism_runs_models:
-        out = d.mechanism(probe)
-    else:
-        spec = {"mechanism_of": d.spec(), "template": ctx.template, "seed": ctx.seed}
-
-        def fn(tmp: Path):
-            (tmp / "mechanism.json").write_text(json.dumps(d.mechanism(probe), indent=1, default=str))
-
-        art, hit = store.run("mechanism", spec, [start.identity(), defended.identity()], fn)
-        arts["mechanism"] = art.ref()
-        out = json.loads((art.path / "mechanism.json").read_text())
-    if out is not None:
-        log(f"mechanism of {d.registry_name}: {out['name']} = {out['value']:.3f} -> "
-            f"{'installed' if out['installed'] else 'NOT installed'} ({out['criterion']})")
-    return out
-
-
 def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple[dict, Any]:
     """Run (or resume) one cell; returns (record, record artifact)."""
-    from . import data, models, provenance, templates
+    from . import models
     from .contracts import Context
 
     r = resolve(spec)
@@ -574,6 +235,20 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
     if r.attack is not None and "attack" not in built:  # donor-built responses: attack_stage prepared them
         built["attack"] = r.attack.build_data(attack_seed(r.attack, spec.seed))
         overlap = check_disjoint(r, sets, built)
+    record = _record(r, base, sets, overlap, metrics, mechanism, info, arts, trajectory)
+    rart = _save_record(store, r, record, arts, defended, attacked)
+    timings["total"] = time.time() - t_all
+    saved = json.loads((rart.path / "record.json").read_text())
+    saved["_wall_seconds_this_invocation"] = timings
+    return saved, rart
+
+
+def _record(r: Resolved, base, sets: dict, overlap: dict, metrics: dict, mechanism, info: dict, arts: dict,
+            trajectory) -> dict:
+    """The cell's record (every number with its CI, the configs, data fingerprints and overlaps, the environment);
+    its ``provenance`` block is added when it is saved (:func:`_save_record`)."""
+    from . import data, provenance
+    spec = r.spec
     fps = {}
     for ds in sorted({ds for ds, _ in sets.values()}):
         fps[ds] = data.get(ds).fingerprints()
@@ -601,8 +276,15 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
         "environment": provenance.environment(),
     }
     record["environment"].pop("torch_threads", None)
+    return record
 
+
+def _save_record(store, r: Resolved, record: dict, arts: dict, defended, attacked):
+    """The cached ``record`` stage (rebuilt when a judge was re-published or the cached record came from uncommitted
+    code and this run from committed code) and the cell's pointer to it; returns the record artifact."""
+    from . import provenance
     from .store import dumps_strict, stage_key
+    spec = r.spec
 
     def fn(tmp: Path):
         # provenance (issue 42): content, never part of the key below; computed once, when the record is built
@@ -624,10 +306,7 @@ def run_cell(spec: RunSpec, store, *, progress: bool = True, log=print) -> tuple
             pass
     rart, hit = store.run("record", rspec, rinputs, fn, replace=stale)
     _point_cell(store, r, rart)
-    timings["total"] = time.time() - t_all
-    saved = json.loads((rart.path / "record.json").read_text())
-    saved["_wall_seconds_this_invocation"] = timings
-    return saved, rart
+    return rart
 
 
 def record_provenance(store, defended, attacked) -> dict:
@@ -639,23 +318,6 @@ def record_provenance(store, defended, attacked) -> dict:
     if attacked is not None:
         w["attacked"] = provenance.weights(attacked, store.root)
     return {"created_utc": provenance.created_utc(), "weights": w}
-
-
-def _trajectory(store, art, ainfo: dict, r: Resolved, sets, log, progress: bool, arts: dict, metrics: dict) -> list:
-    """Evaluate each checkpoint the attack saved (the defended model is step 0, the attacked model the last step: both
-    evaluations are reused, not repeated); each evaluation's stages are keyed by the attack key + step."""
-    steps = ainfo.get("trajectory_steps") or {}
-    total = steps.get("total") or ainfo.get("steps")
-    points = [trajectory_point({"step": 0, "fraction": 0.0, "requested": [], "examples_seen": 0}, metrics["initial"],
-                               "initial")]
-    for meta, ref in checkpoint_refs(art, ainfo):
-        log(f"evaluate attack checkpoint: step {meta['step']}/{total}")
-        m = evaluate_condition(store, ref, r, sets, log, progress, arts, f"trajectory/step{meta['step']}")
-        points.append(trajectory_point(meta, m, "checkpoint"))
-    final = {"step": ainfo.get("steps"), "fraction": 1.0, "requested": steps.get("final_requested", []),
-             "examples_seen": ainfo.get("examples_seen")}
-    points.append(trajectory_point(final, metrics["attacked"], "final"))
-    return points
 
 
 def cell_key(r: Resolved) -> str:

@@ -2,6 +2,7 @@
 
 The graph is read from the source with ``ast`` (no module is imported), over every ``import`` statement, including
 those inside functions: a function-level import is as much a dependency as a module-level one, it only runs later.
+Imports under ``if TYPE_CHECKING:`` (annotations only, never run) are not dependencies.
 """
 from __future__ import annotations
 
@@ -44,13 +45,24 @@ def _targets(mod: str, path: Path, node: ast.AST, known: dict) -> list[str]:
     return [n for n in names if n in known]
 
 
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the import nodes under ``if TYPE_CHECKING:``: annotations only, never executed, so no dependency."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            out.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return out
+
+
 def import_graph() -> dict[str, set[str]]:
     known = _modules()
     graph: dict[str, set[str]] = {}
     for mod, path in known.items():
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        skip = _type_checking_only(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in skip:
                 deps.update(t for t in _targets(mod, path, node, known) if t != mod)
         graph[mod] = deps
     return graph
@@ -102,6 +114,7 @@ def test_the_graph_sees_function_level_and_relative_imports():
     assert "sdd_bench.harness.errors" in g["sdd_bench.harness.pipeline"]
     assert "sdd_bench.harness.pipeline" in g["sdd_bench.leaderboards.cell_cli"]
     assert "sdd_bench.harness.stages" in g["sdd_bench.attacks.restore"]  # inside RestoreAttack.attack
+    assert "sdd_bench.harness.pipeline" not in g["sdd_bench.harness.stages"]  # only under TYPE_CHECKING there
 
 
 def test_the_cycle_finder_finds_a_cycle():
