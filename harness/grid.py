@@ -400,7 +400,7 @@ def preflight_cells(cells: list, what: str = "grid: checked") -> None:
 
 
 def cli_grid(args) -> int:
-    from .store import Store, check_output_dir, check_output_file, dumps_strict
+    from .store import Store, check_output_dir, check_output_file
     t0 = time.time()
     deadline = parse_deadline(args.until, args.max_minutes, now=t0)  # a bad deadline before minutes of expansion
     cells: list = []
@@ -463,6 +463,14 @@ def cli_grid(args) -> int:
               f"planned time fits")
     results = run_grid(g, store, executor=args.executor, progress=not args.quiet, fail_fast=args.fail_fast,
                        deadline=deadline, on_result=publish if args.publish else None, published=published)
+    return _grid_outcome(args, g, results, t0, deadline, publish_failed)
+
+
+def _grid_outcome(args, g: GridSpec, results: list, t0: float, deadline: float | None,
+                  publish_failed: list[str]) -> int:
+    """What ``grid`` prints after the run (cells finished, skipped by the deadline, failed), the ``--records`` file,
+    and its exit status (1 when a cell or a publication failed)."""
+    from .store import dumps_strict
     failed = [r for r in results if r.error]
     skipped = [r for r in results if r.skipped]
     dt = time.time() - t0

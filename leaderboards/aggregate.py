@@ -372,6 +372,32 @@ def common_attacks(res: Results) -> dict[tuple[str, str], list[str]]:
     return {k: sorted(set.intersection(*v)) for k, v in faced.items()}
 
 
+def _separates_text(d: Setting, every: list[Setting], sep: dict) -> str:
+    """Where a defense separates from ``none`` (safer / more harmful): every malicious attack the defense faced that
+    has a paired test, the common set and the others alike."""
+    safer = [sep[c]["column"] for c in every if c in sep and sep[c]["separates"] == "safer"]
+    worse = [sep[c]["column"] for c in every if c in sep and sep[c]["separates"] == "more harmful"]
+    tested = sum(c in sep for c in every)
+    return ("— (the reference)" if d.defense == "none" and not d.base_defense else
+            "not tested (no per-prompt outcomes)" if not tested else
+            "; ".join(x for x in (("safer at: " + ", ".join(safer)) if safer else "",
+                                  ("more harmful at: " + ", ".join(worse)) if worse else "") if x)
+            or f"nowhere ({tested} attack{'s' if tested > 1 else ''} tested)")
+
+
+def _resistance_text(d: Setting, resist: list[dict]) -> str:
+    """The defended setting's attack trajectories: the step at which each attack reaches ``BREAK_AT`` and the AUC."""
+    traj = [r for r in resist if (r["model"], r["profile"], r["defense_label"]) ==
+            (d.model, d.profile, d.defense_label)]
+    return "; ".join(
+        f"{r['attack']}: {BREAK_AT:.0%} harm at step " + (
+            f"{r['break_step']:.1f} [{r['break_step_earliest']:.1f}, "
+            + (f"{r['break_step_latest']:.1f}]" if r["break_step_latest"] is not None else f"> {r['steps']}]")
+            if r["break_step"] is not None else f"> {r['steps']} (not reached)")
+        + f" of {r['steps']}, AUC {r['auc']:.2f} [{r['auc_ci_lo']:.2f}, {r['auc_ci_hi']:.2f}]" for r in traj) \
+        or "no trajectory"
+
+
 def headline_rows(res: Results, th: Thresholds) -> list[dict]:
     """One row per defended model: the worst case over the backbone's common malicious attacks (every defense of
     the backbone faced them: ``common_attacks``), plain and capability-bounded, with CIs, the verdict, and whether
@@ -421,24 +447,8 @@ def headline_rows(res: Results, th: Thresholds) -> list[dict]:
                     "worst case (report --capability-bound sets the bound)")
         else:
             note = ""
-        # every malicious attack the defense faced that has a paired test, the common set and the others alike
-        safer = [sep[c]["column"] for c in every if c in sep and sep[c]["separates"] == "safer"]
-        worse = [sep[c]["column"] for c in every if c in sep and sep[c]["separates"] == "more harmful"]
-        tested = sum(c in sep for c in every)
-        separates = ("— (the reference)" if d.defense == "none" and not d.base_defense else
-                     "not tested (no per-prompt outcomes)" if not tested else
-                     "; ".join(x for x in (("safer at: " + ", ".join(safer)) if safer else "",
-                                           ("more harmful at: " + ", ".join(worse)) if worse else "") if x)
-                     or f"nowhere ({tested} attack{'s' if tested > 1 else ''} tested)")
-        traj = [r for r in resist if (r["model"], r["profile"], r["defense_label"]) ==
-                (d.model, d.profile, d.defense_label)]
-        resistance = "; ".join(
-            f"{r['attack']}: {BREAK_AT:.0%} harm at step " + (
-                f"{r['break_step']:.1f} [{r['break_step_earliest']:.1f}, "
-                + (f"{r['break_step_latest']:.1f}]" if r["break_step_latest"] is not None else f"> {r['steps']}]")
-                if r["break_step"] is not None else f"> {r['steps']} (not reached)")
-            + f" of {r['steps']}, AUC {r['auc']:.2f} [{r['auc_ci_lo']:.2f}, {r['auc_ci_hi']:.2f}]" for r in traj) \
-            or "no trajectory"
+        separates = _separates_text(d, every, sep)
+        resistance = _resistance_text(d, resist)
         mech = res.mechanism(d)
         if mech["state"] == "not installed":
             note = (note + "; " if note else "") + ("the defense's own mechanism did not install on this backbone "
