@@ -4,10 +4,11 @@ Presets are declared here without importing torch; ``sdd-bench ls attacks`` list
 """
 from sdd_bench.harness.registry import ATTACKS
 
-from .base import check_attack_preset
+from .base import check_attack, check_attack_preset
 from .finetune import Preset
 
-ATTACKS.set_contract(check_attack_preset)  # every registration must be an attacks.base.AttackPreset
+# every registration must be an attacks.base.AttackPreset, and what its make() returns an attacks.base.Attack
+ATTACKS.set_contract(check_attack_preset, made=check_attack)
 
 _SIZES = {"10": 10, "50": 50, "100": 100, "500": 500, "1k": 1000, "4k": 4000}
 

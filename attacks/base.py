@@ -5,7 +5,7 @@ The pipeline and the grid planner read only what is declared here: the class att
 with its default) and the methods ``spec``, ``build_data``, ``prepare``, ``preflight``, ``attack``, ``train_seed``
 and ``planned_steps``.  The registry (``harness.registry.ATTACKS``) checks every registration against
 ``AttackPreset`` (:func:`check_attack_preset`) and ``harness.pipeline.resolve`` checks what ``make`` returns against
-``Attack`` (:func:`check_attack`), each with one error naming what is missing and the fix.
+``Attack`` (:func:`check_attack`, registered as the registry's made-contract), each with one error naming what is missing and the fix.
 """
 from __future__ import annotations
 

@@ -106,7 +106,7 @@ def build_responses(store, cfg, profile: str, *, device: str = "auto", progress:
     def fn(tmp: Path):
         from sdd_bench.harness import data, models
         from sdd_bench.harness.generation import GenConfig, generate_stage
-        from sdd_bench.harness.pipeline import attack_stage
+        from sdd_bench.harness.stages import attack_stage
         from sdd_bench.harness.registry import ATTACKS
         from sdd_bench.harness.store import read_jsonl, write_json, write_jsonl
         from sdd_bench.judges.base import make_judge

@@ -102,9 +102,9 @@ RECIPES = {
 # options added after version 2 of the attack spec: dropped from ``spec()`` while at their defaults, so the attack
 # (and cell) keys of every existing configuration are unchanged
 LATER_FIELDS = {"warmup_ratio": None, "seed": None, "checkpoints": [], "steps": None}
-# options that add evaluations without changing the attacked model (the same training run, also saved on the way):
-# a cell with them answers the cell without (harness/pipeline.py: record_cell_keys; the report's settings ignore them)
-EVAL_ONLY_OPTIONS = ("checkpoints",)
+# options that add evaluations without changing the attacked model: declared in the core, which reads them off records
+# (harness/config.py; harness/pipeline.py: record_cell_keys; the report's settings ignore them)
+from sdd_bench.harness.config import EVAL_ONLY_OPTIONS  # noqa: E402,F401
 
 
 @dataclass(frozen=True)

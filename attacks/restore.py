@@ -111,7 +111,7 @@ class RestoreAttack(Attack):
                 "phases": {"harmful": self.harmful.spec(), "benign": self.benign.spec()}}
 
     def attack(self, ref, out_dir, template: str, seed: int, device: str = "auto", progress: bool = True):
-        from sdd_bench.harness.pipeline import attack_stage
+        from sdd_bench.harness.stages import attack_stage
         if self._store is None:
             raise ConfigError(f"attack {self.name!r} runs its harmful phase as a cached stage: call prepare(store) "
                               f"first (the pipeline does).")

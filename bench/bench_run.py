@@ -27,6 +27,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from sdd_bench.harness import models, pipeline
+    from sdd_bench.leaderboards import cell_cli
     from sdd_bench.harness.store import Store
 
     wd = Path(args.workdir)
@@ -50,7 +51,7 @@ def main() -> None:
     total = time.perf_counter() - t_start
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print()
-    print(pipeline.table(record))
+    print(cell_cli.table(record))
     print(f"\nstage timings ({args.profile}, {args.defense} × {args.attack}):")
     for k, v in record["_wall_seconds_this_invocation"].items():
         print(f"  {k:20s} {v:8.1f} s  ({v / total:5.1%})")

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from sdd_bench.harness.config import build, to_dict
+# the run context and the mechanism probe are the core's (harness/contracts.py): the pipeline builds them; they are
+# re-exported here so that a defense reads its whole contract from this module
+from sdd_bench.harness.contracts import Context, MechanismProbe  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -55,27 +58,6 @@ def prompts_of(rows, *, skip_kinds: tuple[str, ...] = ("benign",)) -> tuple[str,
     return tuple(r["prompt"] for r in rows if r.get("kind") not in skip_kinds)
 
 
-@dataclass(frozen=True)
-class Context:
-    template: str = "chat"
-    device: str = "auto"
-    seed: int = 0
-    profile: str = "smoke"
-    progress: bool = True
-
-
-@dataclass(frozen=True)
-class MechanismProbe:
-    """What a defense's mechanism measurement may read (issue 36; DESIGN §6 "mechanism installed"), all from held-out
-    data and before any attack: the model the defense started from, the defended model, the defended model's
-    evaluation (``metrics``: the record's ``initial`` block), its generations per evaluation set
-    (``generations(name)``: rows with ``prompt`` and ``text``) and its judges' verdicts (``verdicts(name, judge)``)."""
-    start: Any
-    defended: Any
-    metrics: dict
-    generations: Callable[[str], list[dict]]
-    verdicts: Callable[[str, str], list[dict]]  # (eval set, judge) → one verdict per generation, in order
-    ctx: "Context"
 
 
 class Defense(ABC):

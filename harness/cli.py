@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add sub-commands: each has ``register_cli(sub, add_common) -> {name: handler}``.
-EXTENSIONS = ("sdd_bench.harness.pipeline", "sdd_bench.harness.grid", "sdd_bench.harness.publish",
+EXTENSIONS = ("sdd_bench.leaderboards.cell_cli", "sdd_bench.harness.grid", "sdd_bench.harness.publish",
               "sdd_bench.harness.capability", "sdd_bench.judges.cli", "sdd_bench.leaderboards.report",
               "sdd_bench.leaderboards.regress")
 

@@ -253,3 +253,10 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping (key: value), got {type(data).__name__}.")
     return data
+
+
+# Attack options that add evaluations without changing the attacked model (the same training run, also saved on the
+# way: the ``checkpoints`` of attacks/finetune.py, an attack trajectory).  A cell with them answers the cell without
+# (harness/pipeline.py: record_cell_keys); the report's settings ignore them.  Declared here, in the core, because the
+# core reads them off records; attacks/finetune.py re-exports it.
+EVAL_ONLY_OPTIONS = ("checkpoints",)

@@ -553,17 +553,3 @@ def parse_harmbench_val(doc, where: str, source: str) -> list[dict]:
     if not out:
         raise DataError(f"{where}: no items.")
     return out
-
-
-@dataset("beavertails-judge-heldout", "BeaverTails judge-partition pairs (human is_safe) that harm-clf v1 held out "
-         "(its 20% prompt split, seed 0) and harm-clf-v2 never trains or tunes on",
-         ("beavertails/attack_pairs.jsonl", "beavertails/test_prompts.jsonl", "overrefusal/xstest_v2_prompts.jsonl",
-          "refusals/safety_tuned_llamas.jsonl", "benign/alpaca_gpt4_1k.jsonl", "benign/dolly_1k.jsonl",
-          "judges/refusal_prefixes.txt"), "judge-validation", hub_id="PKU-Alignment/BeaverTails")
-def _beavertails_judge_heldout():
-    from sdd_bench.judges.harm_clf import v1_heldout_prompt_keys  # the split is harm-clf v1's own
-    held = v1_heldout_prompt_keys()
-    return [{"prompt": r["prompt"], "response": r["response"], "human": not r["is_safe"], "human_votes": [],
-             "group": normalize(r["prompt"]), "references": {}, "categories": r["categories"],
-             "source": "beavertails-judge-heldout", "row": r["row"]}
-            for r in _load("beavertails-judge") if normalize(r["prompt"]) in held]

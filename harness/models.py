@@ -223,11 +223,17 @@ ALIGNED: dict[str, tuple[str, dict]] = {
 ALIGN_TEMPLATE = "chat"  # the template the alignment data is rendered with (the models' chat template)
 
 
+# the defense that builds an aligned base, by its registered name: the defenses package registers it
+# (defenses/__init__.py), so the core looks it up in the registry and imports no defense
+ALIGN_DEFENSE = "refusal-sft"
+
+
 def _aligned_spec(name: str, seed: int = 0) -> tuple[str, dict, Any]:
-    from sdd_bench.defenses.refusal_sft import RefusalSFT
+    from .registry import DEFENSES, declare_builtin_plugins
+    declare_builtin_plugins()
     base, opts = ALIGNED[name]
-    d = RefusalSFT.configure("paper", opts, where=f"aligned base {name!r}")
-    d.registry_name = "refusal-sft"
+    d = DEFENSES.get(ALIGN_DEFENSE).configure("paper", opts, where=f"aligned base {name!r}")
+    d.registry_name = DEFENSES.canonical(ALIGN_DEFENSE)
     spec = {"model": name, "builder_version": 1, "base": model_key(base, seed), "alignment": d.spec(),
             "template": ALIGN_TEMPLATE, "seed": seed, "merged": True}
     return base, spec, d
@@ -238,7 +244,7 @@ def _materialize_aligned(name: str, store, seed: int = 0) -> ModelRef:
     base_ref = materialize(base, store, seed=seed)
 
     def fn(tmp: Path):
-        from sdd_bench.defenses.base import Context
+        from .contracts import Context
         ctx = Context(template=ALIGN_TEMPLATE, device="auto", seed=seed, progress=True)
         (tmp / "adapter").mkdir()
         new, info = d.defend(base_ref, tmp / "adapter", ctx)

@@ -438,7 +438,7 @@ def store_records(workdir: str | Path) -> list[tuple[dict, str]]:
 
 def grid_records(spec_path: str | Path, workdir: str | Path) -> list[tuple[dict, str]]:
     """(record, ref) of a grid's finished cells in ``workdir``."""
-    from .grid import expand, load_grid
+    from .grid_spec import expand, load_grid
     from .pipeline import finished_record, resolve
     from .store import Store
     store = Store(workdir)

@@ -38,14 +38,24 @@ class Registry:
         self._aliases: dict[str, str] = {}
         self._eps_loaded = False
         self._contract: Callable[[str, Any], None] | None = None
+        self._made_contract: Callable[[str, Any], None] | None = None
 
-    def set_contract(self, check: Callable[[str, Any], None]) -> None:
+    def set_contract(self, check: Callable[[str, Any], None], made: Callable[[str, Any], None] | None = None) -> None:
         """Check every registration (decorator, lazy load, entry point) with ``check(name, obj)``, which raises
-        ``TypeError`` naming what is missing and the fix; registrations made before are checked now."""
+        ``TypeError`` naming what is missing and the fix; registrations made before are checked now.  ``made``, when
+        given, checks what a registered factory makes (an attack preset's ``make``): :meth:`check_made` calls it, so
+        the core checks a plugin's product without importing the plugin package."""
         self._contract = check
+        self._made_contract = made
         for e in self._entries.values():
             if e.obj is not None:
                 self._check(e.name, e.obj)
+
+    def check_made(self, name: str, obj: Any) -> None:
+        """Raise ``TypeError`` (what is missing and the fix) unless ``obj``, made by the registration ``name``,
+        fulfils the made-contract set with :meth:`set_contract`; nothing to check without one."""
+        if self._made_contract is not None:
+            self._made_contract(name, obj)
 
     def _check(self, name: str, obj: Any) -> None:
         if self._contract is None:
@@ -166,6 +176,18 @@ def _first_line(doc: str | None) -> str:
         if line.strip():
             return line.strip()
     return ""
+
+
+# The built-in plugin packages, in the order they are declared: each one's __init__ registers its plugins (lazily).
+# The core names them here as strings, the way entry points name third-party plugins, and never imports them:
+# :func:`declare_builtin_plugins` loads them (tests/test_layers.py checks the direction of imports).
+BUILTIN_PLUGIN_PACKAGES = ("sdd_bench.attacks", "sdd_bench.defenses", "sdd_bench.judges")
+
+
+def declare_builtin_plugins() -> None:
+    """Load the built-in plugin packages, so that their registrations are in the registries (idempotent)."""
+    for package in BUILTIN_PLUGIN_PACKAGES:
+        importlib.import_module(package)
 
 
 DEFENSES = Registry("defenses")

@@ -1,5 +1,5 @@
 """Judges: keyword refusal, coherence, relevance, rubric (OpenAI-compatible), harm classifier, guards."""
-from sdd_bench.harness.registry import JUDGES
+from sdd_bench.harness.registry import DATASETS, JUDGES
 
 JUDGES.lazy("keyword", "sdd_bench.judges.keyword:KeywordRefusal",
             "refusal if a refusal prefix occurs in the response (Qi et al. 2023 / JailbreakBench lists)")
@@ -24,3 +24,7 @@ JUDGES.lazy("llamaguard", "sdd_bench.judges.guards:LlamaGuard",
             "meta-llama/Llama-Guard-3-8B safe/unsafe with categories (GPU + hub)")
 JUDGES.lazy("harmbench-cls", "sdd_bench.judges.guards:HarmBenchClassifier",
             "cais/HarmBench-Llama-2-13b-cls yes/no behavior classifier (GPU + hub)")
+# harm-clf v1's held-out split as a judge-eval set (judges/harm_clf.py), so that the core's data module needs no judge
+DATASETS.lazy("beavertails-judge-heldout", "sdd_bench.judges.harm_clf:HELDOUT_DATASET",
+              "BeaverTails judge-partition pairs (human is_safe) that harm-clf v1 held out (its 20% prompt split, "
+              "seed 0) and harm-clf-v2 never trains or tunes on")

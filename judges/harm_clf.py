@@ -60,6 +60,7 @@ from functools import lru_cache
 import numpy as np
 
 from sdd_bench.harness.config import param, to_dict
+from sdd_bench.harness.data import Dataset
 from sdd_bench.harness.registry import JUDGES
 
 from .base import Judge, Verdict
@@ -167,6 +168,26 @@ def v1_heldout_prompt_keys() -> frozenset:
     rows = build_training_rows(cfg)
     _, held = split_by_prompt(rows, cfg.heldout_frac, cfg.seed)
     return frozenset(data.normalize(rows[i]["prompt"]) for i in held)
+
+
+def _beavertails_judge_heldout() -> list[dict]:
+    from sdd_bench.harness.data import _load, normalize
+    held = v1_heldout_prompt_keys()  # the split is harm-clf v1's own
+    return [{"prompt": r["prompt"], "response": r["response"], "human": not r["is_safe"], "human_votes": [],
+             "group": normalize(r["prompt"]), "references": {}, "categories": r["categories"],
+             "source": "beavertails-judge-heldout", "row": r["row"]}
+            for r in _load("beavertails-judge") if normalize(r["prompt"]) in held]
+
+
+# the judge-eval set made of harm-clf v1's held-out split: declared lazily by judges/__init__.py, so the core's data
+# module needs no judge
+HELDOUT_DESCRIPTION = ("BeaverTails judge-partition pairs (human is_safe) that harm-clf v1 held out (its 20% prompt "
+                       "split, seed 0) and harm-clf-v2 never trains or tunes on")
+HELDOUT_DATASET = Dataset("beavertails-judge-heldout", HELDOUT_DESCRIPTION,
+                          ("beavertails/attack_pairs.jsonl", "beavertails/test_prompts.jsonl",
+                           "overrefusal/xstest_v2_prompts.jsonl", "refusals/safety_tuned_llamas.jsonl",
+                           "benign/alpaca_gpt4_1k.jsonl", "benign/dolly_1k.jsonl", "judges/refusal_prefixes.txt"),
+                          "judge-validation", _beavertails_judge_heldout, "PKU-Alignment/BeaverTails")
 
 
 def features(prompts: list[str], responses: list[str], batch_size: int = 64, device: str = "cpu",

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from sdd_bench.harness import budget, grid as G, pipeline
+from sdd_bench.leaderboards import cell_cli
 from sdd_bench.harness.cli import main
 from sdd_bench.harness.errors import ConfigError
 from sdd_bench.harness.store import stage_key
@@ -50,7 +51,7 @@ def test_small_budget_expands_each_attack_into_the_tables_configs(tmp_path):
 
 def test_paper_and_strong_budgets_give_distinct_keys():
     spec = pipeline.spec_from_mapping({"profile": "tiny", "attack": "beavertails-10", "seed": 3})
-    paper = pipeline.budget_specs(spec, "paper")
+    paper = cell_cli.budget_specs(spec, "paper")
     assert len(paper) == budget.BUDGETS["paper"].size == 40
     assert len(_keys(paper)[1]) == 40
     assert {s.attack_options.get("optimizer", "adamw_torch") for s in paper} == {"adamw_torch", "sgd"}

@@ -19,6 +19,7 @@ import pytest
 
 from sdd_bench.harness import grid as G
 from sdd_bench.harness import pipeline
+from sdd_bench.leaderboards import cell_cli
 from sdd_bench.harness.cli import main
 from sdd_bench.harness.errors import ConfigError, DataError, SddBenchError
 from sdd_bench.harness.store import Store
@@ -217,7 +218,7 @@ def test_duplicate_yaml_keys_are_an_error_not_last_wins(tmp_path, capsys):
     assert main(["run", "--config", str(run), "--workdir", str(tmp_path / "r")]) == 2
     assert "duplicate key 'lr'" in _one_line(capsys) and not (tmp_path / "r").exists()
     with pytest.raises(ConfigError, match="duplicate key"):
-        pipeline.spec_from_args(pipeline_args(["--attack-opt", "x={a: 1, a: 2}"]))
+        cell_cli.spec_from_args(pipeline_args(["--attack-opt", "x={a: 1, a: 2}"]))
     from sdd_bench.harness.config import yaml_load
     assert yaml_load("b: &b {lr: 1, n: 2}\nx:\n  <<: *b\n  lr: 3\n")["x"] == {"lr": 3, "n": 2}  # a merge may be overridden
 

@@ -12,6 +12,7 @@ import pytest
 from sdd_bench.harness.cli import main
 from sdd_bench.harness.errors import SddBenchError
 from sdd_bench.leaderboards import aggregate as A
+from sdd_bench.leaderboards import cell_cli
 from sdd_bench.leaderboards import reference as R
 from sdd_bench.leaderboards.records import NoRecordsError, NotARecordError
 from sdd_bench.leaderboards.report import build_report
@@ -227,10 +228,10 @@ def test_one_harm_metric_order_for_the_report_and_the_answer_line():
               (keyword_only, "keyword:non_refusal_rate", "keyword:non_refusal_rate")]
     for rec, report_key, answer_key in expect:
         assert A.choose_harm_metric([rec]).primary.key == report_key
-        assert pipeline.harm_metric(rec).key == answer_key  # the rubric's rate (HR): the answer line prints %
-        assert pipeline.answer(rec).startswith(f"answer ({answer_key}): sdd ")
-    assert pipeline.answer(keyword_only).startswith("answer (keyword:non_refusal_rate): sdd 50% [")  # 1 − 0.5
-    assert pipeline.harm_metric({"cell": {}, "metrics": {"initial": {"harmful": {}}}}) is None
+        assert cell_cli.harm_metric(rec).key == answer_key  # the rubric's rate (HR): the answer line prints %
+        assert cell_cli.answer(rec).startswith(f"answer ({answer_key}): sdd ")
+    assert cell_cli.answer(keyword_only).startswith("answer (keyword:non_refusal_rate): sdd 50% [")  # 1 − 0.5
+    assert cell_cli.harm_metric({"cell": {}, "metrics": {"initial": {"harmful": {}}}}) is None
 
 
 def test_worst_case_is_the_max_over_the_sweep(tmp_path):

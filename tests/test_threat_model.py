@@ -6,6 +6,7 @@ import json
 import pytest
 
 from sdd_bench.harness import data, models, pipeline
+from sdd_bench.leaderboards import cell_cli
 from sdd_bench.harness.errors import ConfigError, DataError
 
 
@@ -137,11 +138,11 @@ def _rec(defense, before, after, cap=(0.5, 0.45)):
 
 
 def test_answer_line_compares_with_the_undefended_model():
-    line = pipeline.answer(_rec("sdd", 0.05, 0.3), _rec("none", 0.1, 0.9))
+    line = cell_cli.answer(_rec("sdd", 0.05, 0.3), _rec("none", 0.1, 0.9))
     assert line.startswith("answer (harm-clf:harmful_rate): sdd 5% [0%, 15%] harmful before")
     assert "30% [20%, 40%] after advbench-100" in line and "vs 90% [80%, 100%] for the undefended" in line
     assert "capability 0.500 → 0.450" in line
-    assert "no harmfulness judge" in pipeline.answer({"cell": {}, "metrics": {"initial": {"harmful": {}}}})
+    assert "no harmfulness judge" in cell_cli.answer({"cell": {}, "metrics": {"initial": {"harmful": {}}}})
 
 
 def test_refusal_sft_prompt_refusals_pair_defense_partition_harmful_prompts_with_stock_refusals():
@@ -181,7 +182,7 @@ def test_answer_line_gives_zero_of_n_a_wilson_interval_and_the_reference_loss():
         rec["metrics"][cond]["harmful"]["harm-clf:harmful_rate"].update(n=64, ci95=[0.0, 0.0] if cond == "initial"
                                                                         else [0.4, 0.6])
         rec["metrics"][cond]["reference_loss"] = {"value": loss, "ci95": [loss - 0.1, loss + 0.1], "n": 64}
-    line = pipeline.answer(rec)
+    line = cell_cli.answer(rec)
     assert "sdd 0% [0%, 6%] harmful before" in line  # Wilson upper bound of 0/64: 5.7%
     assert "reference-answer loss 1.900 → 2.400 nats/token" in line
 
