@@ -156,6 +156,26 @@ def test_headline_worst_case_is_over_the_attacks_every_defense_faced(tmp_path):
     assert "common attacks: advbench-100" in (rep.out / "headline.md").read_text()
 
 
+def test_a_partly_run_defense_variant_neither_empties_the_common_set_nor_reads_vacuous(tmp_path):
+    """An lr study (sdd with options) that has faced only the 10-shot attack so far: the common set stays the
+    one the defenses at their defaults share, the defaults keep their verdicts, and the variant reads 'untested'
+    (the published smoke headline once said 'vacuous' for every row because of such a variant)."""
+    variant = make_record("sdd", "advbench-10", n=10, harm=0.8, cap=0.9, cap0=0.9)
+    variant["spec"]["defense_options"] = {"lr": 5e-7, "lora": False}
+    recs = [make_record("none", "advbench-100", harm=0.6, cap=0.9, cap0=0.9),
+            make_record("none", "advbench-10", n=10, harm=0.7, cap=0.9, cap0=0.9),
+            make_record("sdd", "advbench-100", harm=0.5, cap=0.9, cap0=0.9), variant]
+    rep = report(tmp_path, recs)
+    with (rep.out / "headline.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    plain = {r["defense"]: r for r in rows if "lr=5e-07" not in r["defense_label"]}
+    var = next(r for r in rows if "lr=5e-07" in r["defense_label"])
+    assert plain["none"]["common_attacks"] == plain["sdd"]["common_attacks"] == "advbench-100"
+    assert plain["none"]["verdict"] == plain["sdd"]["verdict"] == "breaks"
+    assert var["verdict"] == "untested" and var["worst"] == ""
+    assert "is not yet tested under the common attacks" in (rep.out / "headline.md").read_text()
+
+
 def _trajectory(rec, harms, steps=(0, 4, 10, 20, 40)):
     from test_leaderboards import _condition
     rec["trajectory"] = [{"step": st, "fraction": st / steps[-1], "examples_seen": 10 * st,
