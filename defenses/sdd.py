@@ -39,6 +39,12 @@ Defaults and sources:
   at this scale because of the replication finding above.  Whether the defense acts at this size
   is a measurement, not an assumption: each record has harmful- and benign-prompt relevance
   before and after.  The paper profile keeps the paper values.
+  Measured (issue 36 item 5, ``configs/sdd_lr_form_smoke.yaml``, seed 0, docs/budgets.md): the paper's form at
+  the paper's lr (full fine-tuning, batch 24, 1.5 passes = 20 steps, cosine, lr 5e-7) does not install SDD on
+  SmolLM2-135M — 12.5% [6.5, 22.8] of 64 held-out harmful prompts answered off-topic (the LoRA at 2e-4: 85.9%
+  [75.4, 92.4]) — and after ``beavertails-10`` / ``-100`` its per-prompt outcomes equal the undefended model's
+  (52/64, 62/64).  So the smoke default stays the LoRA at 2e-4.  The paper default stays 5e-7 (the paper's value,
+  113 steps on 7B, never measured here); the smoke numbers say to check its off-topic share before trusting it.
 - Data partition: prompts come from ``beavertails-defense`` only (disjoint from attack and
   evaluation prompts, checked on normalized text); responses from ``alpaca-gpt4-1k``,
   ``dolly-1k`` and ``alpaca-eval-pool`` (the AlpacaEval half not used for evaluation).
