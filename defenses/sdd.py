@@ -43,7 +43,8 @@ Defaults and sources:
   the paper's lr (full fine-tuning, batch 24, 1.5 passes = 20 steps, cosine, lr 5e-7) does not install SDD on
   SmolLM2-135M — 12.5% [6.5, 22.8] of 64 held-out harmful prompts answered off-topic (the LoRA at 2e-4: 85.9%
   [75.4, 92.4]) — and after ``beavertails-10`` / ``-100`` its per-prompt outcomes equal the undefended model's
-  (52/64, 62/64).  So the smoke default stays the LoRA at 2e-4.  The paper default stays 5e-7 (the paper's value,
+  (52/64, 62/64).  At TamperBench's lr 2e-5 the same form does not install either: all 64 replies refuse
+  (keyword judge), 0 are off-topic non-refusals.  So the smoke default stays the LoRA at 2e-4.  The paper default stays 5e-7 (the paper's value,
   113 steps on 7B, never measured here); the smoke numbers say to check its off-topic share before trusting it.
 - Data partition: prompts come from ``beavertails-defense`` only (disjoint from attack and
   evaluation prompts, checked on normalized text); responses from ``alpaca-gpt4-1k``,
